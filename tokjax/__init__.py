@@ -1,0 +1,1 @@
+"""tokjax: one sharded JAX/Flax transformer for every token-corruption objective."""

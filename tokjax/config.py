@@ -1,0 +1,106 @@
+"""The shared experiment config, variant parsing, and early validation.
+
+Experiment files under `configs/` start from `base_config()` and set what
+differs. Each objective's own settings live in `config.<objective>`; each
+sampler's in `config.sampler.<sampler>`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from tokjax import sharding
+from tokjax.data import default_config as default_data_config
+from tokjax.objectives import REGISTRY
+from tokjax.schedules import get_schedule
+
+SAMPLERS = ("ar", "md4")
+
+
+def sampler_config() -> ml_collections.ConfigDict:
+  """Sampling settings; `name` '' means the objective's default sampler."""
+  return ml_collections.ConfigDict(
+      dict(
+          name="",
+          num_samples=4,
+          prompt="",
+          seed=0,
+          precision="float64",  # Gumbel precision for categorical draws.
+          ar=dict(max_new_tokens=256, temperature=0.8, top_k=0, top_p=0.95),
+          md4=dict(num_steps=256, temperature=1.0),
+      )
+  )
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (a small byte-level model)."""
+  c = ml_collections.ConfigDict()
+  c.objective = "causal"
+  c.causal = ml_collections.ConfigDict()
+  c.md4 = dict(noise_schedule="linear", antithetic=True, time_conditioning=False, eval_samples=4)
+  c.model = dict(num_layers=6, d_model=256, num_heads=4, d_ff=1024, dtype="float32")
+  c.data = default_data_config()
+  c.seq_len = 256
+  c.batch_size = 16  # Global, across all hosts.
+  c.num_train_steps = 1000
+  c.log_every_steps = 10
+  c.eval_every_steps = 250
+  c.eval_steps = 8  # Batches per periodic eval; the final eval covers the split.
+  c.final_eval_steps = -1  # -1: the whole validation split.
+  c.checkpoint_every_steps = 250
+  c.max_checkpoints_to_keep = 3
+  c.seed = 0
+  c.optimizer = dict(
+      learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
+      weight_decay=0.1, b1=0.9, b2=0.99, grad_clip_norm=1.0,
+  )
+  c.mesh = dict(shape=sharding.preset("dp")["shape"], axes=sharding.MESH_AXES)
+  c.logical_axis_rules = sharding.preset("dp")["rules"]
+  c.sampler = sampler_config()
+  c.progress_bar = True
+  return c
+
+
+def parse_variant(arg: str | None) -> dict[str, str]:
+  """'objective=md4,mesh=fsdp' -> {'objective': 'md4', 'mesh': 'fsdp'}.
+
+  Raises:
+    ValueError: an item without '='.
+  """
+  if not arg:
+    return {}
+  out = {}
+  for item in arg.split(","):
+    if "=" not in item:
+      raise ValueError(f"Config variant {item!r} must look like key=value, e.g. objective=md4.")
+    key, value = item.split("=", 1)
+    out[key.strip()] = value.strip()
+  return out
+
+
+def apply_mesh_preset(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets `config.mesh.shape` and `config.logical_axis_rules` from a preset."""
+  p = sharding.preset(name)
+  config.mesh.shape = p["shape"]
+  config.logical_axis_rules = p["rules"]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the fix, on settings that cannot work.
+
+  Raises:
+    ValueError: unknown objective/sampler/schedule, or impossible sizes.
+  """
+  if config.objective not in REGISTRY:
+    raise ValueError(
+        f"Unknown objective {config.objective!r}. Registered: {', '.join(REGISTRY)}."
+        " Use configs/shakespeare.py:objective=NAME."
+    )
+  if config.sampler.name and config.sampler.name not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {config.sampler.name!r}; use one of {SAMPLERS}.")
+  get_schedule(config.md4.noise_schedule)
+  m = config.model
+  if m.d_model % m.num_heads:
+    raise ValueError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.")
+  for key in ("seq_len", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps"):
+    if config[key] <= 0:
+      raise ValueError(f"{key} must be positive, got {config[key]}.")

@@ -1,0 +1,119 @@
+"""Packing and batching a token stream with grain, and host batches to global arrays.
+
+The stream is cut into consecutive windows of `seq_len` tokens; the last one is
+padded with PAD, so no token is lost. Training draws windows through grain
+(shard by process, shuffle anew each epoch, repeat, batch); its iterator
+checkpoints with `get_state`/`set_state`. Evaluation visits each window once,
+in order.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from tokjax.data.tokenizer import ByteTokenizer
+
+DEFAULT_PAD_ID = ByteTokenizer().pad_id
+READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
+
+
+def pack(tokens, seq_len: int, pad_id: int = DEFAULT_PAD_ID) -> np.ndarray:
+  """int[num_tokens] -> int32[num_windows, seq_len], the last window PAD-filled."""
+  tokens = np.asarray(tokens, dtype=np.int32)
+  if tokens.ndim != 1:
+    raise ValueError(f"tokens must be int[num_tokens], got shape {tokens.shape}.")
+  if seq_len <= 0:
+    raise ValueError(f"seq_len must be positive, got {seq_len}.")
+  num_windows = -(-tokens.size // seq_len)
+  flat = np.full(num_windows * seq_len, pad_id, dtype=np.int32)
+  flat[: tokens.size] = tokens
+  return flat.reshape(num_windows, seq_len)
+
+
+def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
+  """The per-process share of a global batch.
+
+  Raises:
+    ValueError: batch_size not divisible by process_count, or a bad index.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must lie in [0, {process_count}).")
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(
+        f"batch_size={batch_size} must be a positive multiple of the "
+        f"process count {process_count}; set --config.batch_size accordingly."
+    )
+  return batch_size // process_count
+
+
+def train_iterator(
+    tokens,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    pad_id: int = DEFAULT_PAD_ID,
+) -> grain.DatasetIterator:
+  """Endless iterator of int32[local_batch, seq_len], local_batch = batch_size // process_count.
+
+  Process p owns windows p, p + process_count, ...; it sees each of them once
+  per epoch, in an order drawn from `seed` and the epoch number. Batches may
+  straddle epochs. Save and restore the position with `get_state`/`set_state`.
+
+  Raises:
+    ValueError: bad batch size, or fewer windows than processes.
+  """
+  local = local_batch_size(batch_size, process_index, process_count)
+  windows = pack(tokens, seq_len, pad_id)[process_index::process_count]
+  if not len(windows):
+    raise ValueError(
+        f"Process {process_index} got no windows: the stream has "
+        f"{np.size(tokens)} tokens for seq_len={seq_len} and {process_count} "
+        "processes. Use more data or a shorter seq_len."
+    )
+  dataset = (
+      grain.MapDataset.source(windows)
+      .shuffle(seed=seed)
+      .repeat()
+      .batch(local, drop_remainder=True)
+  )
+  return iter(dataset.to_iter_dataset(READ_OPTIONS))
+
+
+def eval_batches(
+    tokens,
+    *,
+    seq_len: int,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    pad_id: int = DEFAULT_PAD_ID,
+) -> Iterator[np.ndarray]:
+  """Iterator of int32[local_batch, seq_len] covering every window once, in order.
+
+  Global batch b holds windows b * batch_size ... (b + 1) * batch_size - 1, and
+  process p holds its p-th slice of local_batch rows, matching `to_global` on
+  a batch-sharded mesh. The last batch is filled with all-PAD rows, so every
+  process yields the same number of full-size batches.
+  """
+  local = local_batch_size(batch_size, process_index, process_count)
+  windows = pack(tokens, seq_len, pad_id)
+  num_batches = -(-len(windows) // batch_size)
+  rows = np.full((num_batches * batch_size, seq_len), pad_id, dtype=np.int32)
+  rows[: len(windows)] = windows
+  batches = rows.reshape(num_batches, process_count, local, seq_len)
+  return iter(batches[:, process_index])
+
+
+def to_global(local_batch: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
+  """Assembles each process's int32[local_batch, seq_len] into one global jax.Array.
+
+  The global array is int32[local_batch * process_count, seq_len] when
+  `sharding` splits the batch axis across processes.
+  """
+  return jax.make_array_from_process_local_data(sharding, local_batch)

@@ -1,0 +1,96 @@
+"""The likelihood report: nats per token and bits per byte on a data split.
+
+The figure's kind comes from the objective: `exact` NLL (causal), an
+`elbo_upper_bound` estimated by Monte Carlo over time (md4, with the number of
+samples and the standard error), or a `pseudo_likelihood`, never mixed.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokjax.data import eval_batches, to_global
+
+
+def make_eval_step(exp):
+  """Jitted (params, batch int32[batch, seq_len], rng) -> dict of float32 scalars.
+
+  Each sequence is scored `exp.objective.eval_samples` times with independent
+  randomness. Returned sums: `nats` (of per-sequence means), `var` (sum over
+  sequences of the variance of that mean), `tokens` and `bytes`.
+  """
+  objective = exp.objective
+  num = objective.eval_samples
+
+  def step(params, batch, rng):
+    model = exp.model(params)
+    draws = jax.lax.map(lambda r: objective.likelihood(model, batch, r), jax.random.split(rng, num))
+    nats = draws["nats"]  # [samples, batch]
+    var = nats.var(0, ddof=1) / num if num > 1 else jnp.zeros_like(nats[0])
+    return {
+        "nats": nats.mean(0).sum(),
+        "var": var.sum(),
+        "tokens": draws["tokens"][0].sum(),
+        "bytes": draws["bytes"][0].sum(),
+    }
+
+  params_sharding = exp.state_shardings["params"]
+  return jax.jit(step, in_shardings=(params_sharding, exp.batch_sharding, None))
+
+
+def evaluate(exp, eval_step, params, tokens: np.ndarray, *, max_batches: int, split: str, seed: int) -> dict:
+  """Scores up to `max_batches` batches (-1: all) of a token stream.
+
+  Args:
+    tokens: int32[num_tokens] the split's packed token stream.
+
+  Returns:
+    The report: split, kind, nats_per_token, bits_per_byte (and
+    bits_per_byte_stderr, num_time_samples for bounds), tokens, bytes.
+  """
+  c = exp.config
+  batches = eval_batches(
+      tokens, seq_len=c.seq_len, batch_size=c.batch_size // jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+  )
+  rng = jax.random.key(seed)
+  totals = None
+  for i, batch in enumerate(batches):
+    if i == max_batches:
+      break
+    out = eval_step(params, to_global(batch, exp.batch_sharding), jax.random.fold_in(rng, i))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.tree.map(float, jax.device_get(totals))
+  return report(exp.objective, split, totals)
+
+
+def report(objective, split: str, totals: dict) -> dict:
+  """Turns summed nats/tokens/bytes into the labelled likelihood report."""
+  tokens, nbytes = max(totals["tokens"], 1.0), max(totals["bytes"], 1.0)
+  out = {
+      "split": split,
+      "objective": objective.name,
+      "kind": objective.likelihood_kind,
+      "nats_per_token": totals["nats"] / tokens,
+      "bits_per_byte": totals["nats"] / (math.log(2) * nbytes),
+      "tokens": int(totals["tokens"]),
+      "bytes": int(totals["bytes"]),
+  }
+  if objective.likelihood_kind == "elbo_upper_bound":
+    out["num_time_samples"] = objective.eval_samples
+    out["bits_per_byte_stderr"] = math.sqrt(totals["var"]) / (math.log(2) * nbytes)
+  return out
+
+
+def format_report(r: dict) -> str:
+  """One human-readable line, labelled with the figure's kind."""
+  line = (
+      f"[{r['split']}] {r['objective']}: {r['kind']} = {r['nats_per_token']:.4f} nats/token, "
+      f"{r['bits_per_byte']:.4f} bits/byte"
+  )
+  if "bits_per_byte_stderr" in r:
+    line += f" ± {r['bits_per_byte_stderr']:.4f} (MC s.e., {r['num_time_samples']} time samples)"
+  return line + f" over {r['tokens']} tokens"

@@ -1,0 +1,103 @@
+"""Backbone building blocks: annotated parameters, RMSNorm, MLP, time embedding.
+
+Every parameter is float32 and names its logical axes ('vocab', 'embed', 'mlp',
+'heads', 'kv') through `nnx.with_partitioning`; `tokjax.sharding` maps those
+names to mesh axes. Activations run in the compute dtype chosen by the caller.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str]) -> nnx.Param:
+  """A float32 `nnx.Param` of `shape` whose dimensions are named `axes`."""
+  annotated = nnx.with_partitioning(init, tuple(axes))
+  return nnx.Param(annotated(rngs.params(), tuple(shape), jnp.float32))
+
+
+def fan_in_init(in_axis, out_axis):
+  """LeCun truncated normal (variance 1 / fan_in) for multi-axis kernels."""
+  return jax.nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+  )
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square layer norm with a learned scale (Zhang & Sennrich 2019).
+
+  y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 and returned in
+  the dtype of x.
+  """
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6):
+    self.scale = param(rngs, jax.nn.initializers.ones, (dim,), ("embed",))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: float[..., embed] -> float[..., embed] (same dtype)."""
+    x32 = x.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
+
+
+class Mlp(nnx.Module):
+  """Position-wise feed-forward layer: W_out gelu(W_in x), no biases.
+
+  GELU with the tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2; two
+  matmuls keep the cost at 2 * d_model * d_ff multiply-adds per token.
+  """
+
+  def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
+    self.w_in = param(rngs, fan_in_init(0, 1), (d_model, d_ff), ("embed", "mlp"))
+    self.w_out = param(rngs, fan_in_init(0, 1), (d_ff, d_model), ("mlp", "embed"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: float[batch, seq_len, embed] -> same shape and dtype."""
+    h = jnp.einsum("bld,df->blf", x, self.w_in[...].astype(x.dtype))
+    h = jax.nn.gelu(h, approximate=True)
+    return jnp.einsum("blf,fd->bld", h, self.w_out[...].astype(x.dtype))
+
+
+def sinusoidal_embedding(time: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of a diffusion time (Vaswani et al. 2017, Sec. 3.5).
+
+  Args:
+    time: float[batch] in [0, 1]; scaled by 1000 so that the fastest
+      frequencies resolve steps of 1e-3.
+    dim: even number of features.
+    max_period: longest period, in units of time * 1000.
+
+  Returns:
+    float32[batch, dim]: [cos(1000 t w_k), sin(1000 t w_k)] with
+    w_k = max_period^(-k / (dim / 2)).
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = 1000.0 * time.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimeEmbedding(nnx.Module):
+  """Diffusion-time conditioning: sinusoid(t) -> Dense -> SiLU -> Dense.
+
+  The result, float[batch, embed], is added to every token embedding (the
+  time-embedding MLP of DDPM / DiT, Ho et al. 2020; Peebles & Xie 2023).
+  The hidden width is d_ff, named 'mlp'.
+  """
+
+  def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
+    self.w1 = param(rngs, fan_in_init(0, 1), (d_model, d_ff), ("embed", "mlp"))
+    self.b1 = param(rngs, jax.nn.initializers.zeros, (d_ff,), ("mlp",))
+    self.w2 = param(rngs, fan_in_init(0, 1), (d_ff, d_model), ("mlp", "embed"))
+    self.b2 = param(rngs, jax.nn.initializers.zeros, (d_model,), ("embed",))
+
+  def __call__(self, time: jax.Array) -> jax.Array:
+    """time: float[batch] in [0, 1] -> float32[batch, embed]."""
+    features = sinusoidal_embedding(time, self.w1.shape[0])
+    h = jax.nn.silu(features @ self.w1[...] + self.b1[...])
+    return h @ self.w2[...] + self.b2[...]

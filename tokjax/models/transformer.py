@@ -1,0 +1,253 @@
+"""The shared backbone: a pre-norm decoder-style transformer with RoPE.
+
+One network serves every objective; only the attention mode and the optional
+diffusion-time input change. Layout per block (pre-norm, Xiong et al. 2020):
+
+  x = x + Attention(RMSNorm(x));  x = x + Mlp(RMSNorm(x))
+
+followed by a final RMSNorm and an untied output head. No dropout. Parameters
+are float32; activations run in `config.dtype`; logits are float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tokjax.models.attention import Attention, attention_mask, cache_mask
+from tokjax.models.layers import Mlp, RMSNorm, TimeEmbedding, fan_in_init, param
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Backbone hyper-parameters.
+
+  Attributes:
+    vocab_size: number of token ids V, including any MASK / special ids.
+    num_layers: number of transformer blocks.
+    d_model: residual width; must be divisible by num_heads.
+    num_heads: attention heads; head_dim = d_model / num_heads must be even (RoPE).
+    d_ff: hidden width of the MLP and of the time-embedding MLP.
+    max_seq_len: longest sequence (and KV cache) the model accepts.
+    time_conditioning: whether `__call__` takes a diffusion time t in [0, 1].
+    dtype: compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
+    rope_base: RoPE wavelength base.
+
+  Raises:
+    ValueError: on an inconsistent setting, naming the fix.
+  """
+
+  vocab_size: int
+  num_layers: int = 6
+  d_model: int = 256
+  num_heads: int = 4
+  d_ff: int = 1024
+  max_seq_len: int = 256
+  time_conditioning: bool = False
+  dtype: str = "float32"
+  rope_base: float = 10000.0
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}.")
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "pick num_heads dividing d_model."
+      )
+    if (self.d_model // self.num_heads) % 2:
+      raise ValueError(
+          f"head_dim = d_model / num_heads = {self.d_model // self.num_heads} must be even for RoPE."
+      )
+    if self.dtype not in DTYPES:
+      raise ValueError(f"Unknown dtype {self.dtype!r}; use one of {DTYPES}.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+
+class Block(nnx.Module):
+  """One pre-norm transformer block."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(config.d_model, rngs=rngs)
+    self.attn = Attention(config.d_model, config.num_heads, config.rope_base, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.d_model, rngs=rngs)
+    self.mlp = Mlp(config.d_model, config.d_ff, rngs=rngs)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """x: float[batch, seq_len, embed] -> same; mask as in `Attention.attend`."""
+    q, k, v = self.attn.qkv(self.attn_norm(x), positions)
+    x = x + self.attn.attend(q, k, v, mask)
+    return x + self.mlp(self.mlp_norm(x))
+
+  def decode(self, x, positions, cache_k, cache_v, layer):
+    """Block step that writes this layer's keys/values into the KV cache.
+
+    Args:
+      x: float[batch, q_len, embed] hidden states of the new tokens.
+      positions: int32[batch, q_len], contiguous, same start in every row.
+      cache_k, cache_v: float[layers, batch, cache_len, heads, kv].
+      layer: index of this block in the cache.
+
+    Returns:
+      (x, cache_k, cache_v) with x float[batch, q_len, embed].
+    """
+    q, k, v = self.attn.qkv(self.attn_norm(x), positions)
+    zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
+    start = (zero + layer, zero, positions[0, 0].astype(jnp.int32), zero, zero)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+    mask = cache_mask(positions, cache_k.shape[2])
+    x = x + self.attn.attend(q, cache_k[layer], cache_v[layer], mask)
+    return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
+
+
+class Transformer(nnx.Module):
+  """Token ids -> float32 logits over the vocabulary.
+
+  Crosses `jax.jit` as `(graphdef, state)`: `graphdef, state = nnx.split(model)`,
+  then `nnx.merge(graphdef, state)(tokens)` inside the jitted function.
+  """
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = param(
+        rngs, jax.nn.initializers.normal(1.0), (config.vocab_size, config.d_model),
+        ("vocab", "embed"),
+    )
+    self.time_embed = (
+        TimeEmbedding(config.d_model, config.d_ff, rngs=rngs) if config.time_conditioning else None
+    )
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.final_norm = RMSNorm(config.d_model, rngs=rngs)
+    self.head = param(
+        rngs, fan_in_init(0, 1), (config.d_model, config.vocab_size), ("embed", "vocab")
+    )
+
+  def __call__(self, tokens, *, attention="causal", prefix_len=None, time=None, positions=None):
+    """Full-sequence forward pass.
+
+    Args:
+      tokens: int32[batch, seq_len] ids in [0, vocab_size); seq_len <= max_seq_len.
+        Out-of-range ids raise when tokens are concrete; under jit they give
+        NaN logits.
+      attention: 'causal' | 'bidirectional' | 'prefix' (see `attention_mask`).
+        Masks follow the index order of `tokens`, not `positions`.
+      prefix_len: int32[batch], only with attention='prefix'.
+      time: float32[batch] diffusion time in [0, 1]; required iff
+        config.time_conditioning.
+      positions: int32[batch, seq_len] RoPE positions; default 0..seq_len-1.
+
+    Returns:
+      float32[batch, seq_len, vocab_size] logits.
+
+    Raises:
+      ValueError: seq_len > max_seq_len, bad token ids, an unknown attention
+        mode, or time given without time_conditioning (or missing with it).
+    """
+    batch, seq_len = self._check_tokens(tokens)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+    mask = attention_mask(attention, seq_len, prefix_len)
+    x = self._embed(tokens, time)
+    for block in self.blocks:
+      x = block(x, positions, mask)
+    return self._logits(x)
+
+  def init_cache(self, batch_size: int, max_len: int) -> dict[str, jax.Array]:
+    """An empty KV cache for `decode`.
+
+    Returns:
+      {'k': zeros[layers, batch_size, max_len, heads, kv], 'v': same}, in the
+      compute dtype. Slot index == token position.
+
+    Raises:
+      ValueError: max_len > max_seq_len.
+    """
+    return init_cache(self.config, batch_size, max_len)
+
+  def decode(self, tokens, positions, cache):
+    """KV-cache forward: causal logits of `tokens` given everything cached.
+
+    q_len = prompt length is a batched prefill; q_len = 1 is one step. Matches
+    `__call__(..., attention='causal')` on the full sequence.
+
+    Args:
+      tokens: int32[batch, q_len] new tokens.
+      positions: int32[batch, q_len] their positions: contiguous, with the
+        same start in every row (only positions[0, 0] picks the cache slots).
+      cache: from `init_cache`; slots < positions[:, 0] must hold the prefix.
+
+    Returns:
+      (float32[batch, q_len, vocab_size] logits, updated cache).
+
+    Raises:
+      ValueError: q_len longer than the cache, or a time-conditioned model.
+    """
+    if self.config.time_conditioning:
+      raise ValueError("decode() has no time input; use a model with time_conditioning=False.")
+    _, q_len = self._check_tokens(tokens)
+    if q_len > cache["k"].shape[2]:
+      raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'].shape[2]}.")
+    x = self._embed(tokens, None)
+    cache_k, cache_v = cache["k"], cache["v"]
+    for layer, block in enumerate(self.blocks):
+      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v, layer)
+    return self._logits(x), {"k": cache_k, "v": cache_v}
+
+  def _check_tokens(self, tokens) -> tuple[int, int]:
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be int32[batch, seq_len], got shape {tokens.shape}.")
+    seq_len = tokens.shape[1]
+    if seq_len > self.config.max_seq_len:
+      raise ValueError(
+          f"Sequence length {seq_len} > max_seq_len={self.config.max_seq_len}; "
+          "shorten the input or raise TransformerConfig.max_seq_len."
+      )
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+      low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+      if low < 0 or high >= self.config.vocab_size:
+        raise ValueError(
+            f"Token ids span [{low}, {high}] but must lie in [0, {self.config.vocab_size}); "
+            "check the tokenizer against TransformerConfig.vocab_size."
+        )
+    return tokens.shape
+
+  def _embed(self, tokens, time) -> jax.Array:
+    """Token embeddings (+ time embedding) in the compute dtype."""
+    if (time is not None) != self.config.time_conditioning:
+      raise ValueError(
+          "Pass time (float32[batch]) exactly when TransformerConfig.time_conditioning=True "
+          f"(it is {self.config.time_conditioning})."
+      )
+    x = jnp.take(self.embed[...], tokens, axis=0)
+    if time is not None:
+      x = x + self.time_embed(jnp.asarray(time, jnp.float32))[:, None, :]
+    return x.astype(self.config.dtype)
+
+  def _logits(self, x) -> jax.Array:
+    x = self.final_norm(x)
+    head = self.head[...].astype(x.dtype)
+    return jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict[str, jax.Array]:
+  """Zero KV cache {'k', 'v'}: float[layers, batch_size, max_len, heads, kv] in config.dtype.
+
+  Raises:
+    ValueError: max_len > config.max_seq_len.
+  """
+  if max_len > config.max_seq_len:
+    raise ValueError(
+        f"Cache length {max_len} > max_seq_len={config.max_seq_len}; "
+        "shorten generation or raise TransformerConfig.max_seq_len."
+    )
+  shape = (config.num_layers, batch_size, max_len, config.num_heads, config.head_dim)
+  return {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}

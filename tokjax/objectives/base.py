@@ -1,0 +1,126 @@
+"""The `Objective` interface: corrupt, run the backbone, score (DESIGN.md).
+
+An objective turns clean tokens into model inputs plus targets and per-token
+loss weights (`corrupt`), and scores the backbone's logits (`token_nats`). The
+trainer and the evaluator only call `loss` and `likelihood`, so they never
+branch on the objective's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+ATTENTION_MODES = ("causal", "bidirectional", "prefix")
+LIKELIHOOD_KINDS = ("exact", "elbo_upper_bound", "pseudo_likelihood", "none")
+
+
+@flax.struct.dataclass
+class ModelInputs:
+  """What the backbone sees.
+
+  Attributes:
+    tokens: int32[batch, seq_len] corrupted tokens.
+    prefix_len: int32[batch] bidirectional prefix length ('prefix' attention).
+    time: float32[batch] diffusion time t in (0, 1] (time-conditioned models).
+  """
+
+  tokens: jax.Array
+  prefix_len: jax.Array | None = None
+  time: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class Targets:
+  """What the loss scores.
+
+  Attributes:
+    targets: int32[batch, seq_len] the token each position must predict.
+    weights: float32[batch, seq_len] loss weight per position (0 = no loss).
+    valid: float32[batch, seq_len] 1 where the position counts as a scored
+      token for per-token and per-byte normalisation.
+  """
+
+  targets: jax.Array
+  weights: jax.Array
+  valid: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Base class: subclasses set the class attributes and implement `corrupt`.
+
+  Attributes:
+    pad_id: the PAD token id; PAD positions are never scored.
+    num_bytes: ids below this are bytes (bits-per-byte accounting).
+  """
+
+  pad_id: int
+  num_bytes: int
+
+  name: str = dataclasses.field(default="", init=False)
+  attention: str = dataclasses.field(default="causal", init=False)
+  likelihood_kind: str = dataclasses.field(default="exact", init=False)
+  default_sampler: str = dataclasses.field(default="ar", init=False)
+  eval_samples: int = dataclasses.field(default=1, init=False)
+
+  @classmethod
+  def from_config(cls, config, tokenizer) -> "Objective":
+    """Builds the objective from its own config section (`config.<name>`)."""
+    del config  # No settings of its own.
+    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes)
+
+  @property
+  def uses_time(self) -> bool:
+    """Whether `corrupt` returns a diffusion time for the backbone."""
+    return False
+
+  def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    """tokens: int32[batch, seq_len] -> (ModelInputs, Targets); pure, static shapes."""
+    raise NotImplementedError
+
+  def mask_logits(self, logits: jax.Array) -> jax.Array:
+    """Restricts the output distribution (e.g. MASK gets probability 0)."""
+    return logits
+
+  def token_nats(self, logits: jax.Array, targets: Targets) -> jax.Array:
+    """float32[batch, seq_len] weighted cross-entropy, in nats."""
+    logits = self.mask_logits(logits.astype(jnp.float32))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets.targets)
+    return jnp.where(targets.weights > 0, ce * targets.weights, 0.0)
+
+  def forward(self, model: Any, tokens: jax.Array, rng: jax.Array):
+    """Corrupts `tokens`, runs `model`, returns (nats float32[batch, seq_len], Targets)."""
+    inputs, targets = self.corrupt(tokens, rng)
+    logits = model(
+        inputs.tokens,
+        attention=self.attention,
+        prefix_len=inputs.prefix_len,
+        time=inputs.time,
+    )
+    return self.token_nats(logits, targets), targets
+
+  def loss(self, model: Any, tokens: jax.Array, rng: jax.Array):
+    """Training loss: mean nats per scored token (a scalar), and metrics."""
+    nats, targets = self.forward(model, tokens, rng)
+    num_tokens = jnp.maximum(targets.valid.sum(), 1.0)
+    loss = nats.sum() / num_tokens
+    return loss, {"loss": loss, "tokens": targets.valid.sum()}
+
+  def likelihood(self, model: Any, tokens: jax.Array, rng: jax.Array):
+    """One estimate of each sequence's likelihood figure.
+
+    Returns a dict of float32[batch]: `nats` (negative log-likelihood, or its
+    bound, in nats), `tokens` (scored tokens) and `bytes` (scored byte tokens).
+    """
+    nats, targets = self.forward(model, tokens, rng)
+    is_byte = (targets.targets < self.num_bytes) & (targets.valid > 0)
+    return {
+        "nats": nats.sum(-1),
+        "tokens": targets.valid.sum(-1),
+        "bytes": is_byte.sum(-1).astype(jnp.float32),
+    }

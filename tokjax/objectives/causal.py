@@ -1,0 +1,30 @@
+"""Causal language modelling: next-token prediction with an exact NLL."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from tokjax.objectives.base import ModelInputs, Objective, Targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Causal(Objective):
+  """Next-token prediction, log p(x) = sum_n log p(x_{n+1} | x_{<=n}).
+
+  ("Language Models are Unsupervised Multitask Learners", Radford et al. 2019,
+  Sec. 2.) Position n predicts token n+1 of the same window, so the last
+  position of each window is unscored. PAD targets are unscored.
+  """
+
+  name: str = dataclasses.field(default="causal", init=False)
+  attention: str = dataclasses.field(default="causal", init=False)
+  likelihood_kind: str = dataclasses.field(default="exact", init=False)
+  default_sampler: str = dataclasses.field(default="ar", init=False)
+
+  def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    del rng  # Deterministic.
+    targets = jnp.roll(tokens, -1, axis=1)
+    valid = (targets != self.pad_id).at[:, -1].set(False).astype(jnp.float32)
+    return ModelInputs(tokens), Targets(targets, valid, valid)

@@ -1,0 +1,24 @@
+"""Samplers, one file per family, each a pure function of model closures.
+
+`get_sampler(name)` returns `sample(fns, params, prompt, rng, **settings)`.
+"""
+from tokjax.samplers import autoregressive, md4
+from tokjax.samplers.base import ModelFns, model_fns
+from tokjax.samplers.categorical import precision_scope, sample_categorical
+
+SAMPLERS = {"ar": autoregressive.sample, "md4": md4.sample}
+
+
+def get_sampler(name: str):
+  """The `sample` function registered under `name`.
+
+  Raises:
+    ValueError: an unknown name, listing the registered ones.
+  """
+  if name not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {name!r}; use one of {sorted(SAMPLERS)}.")
+  return SAMPLERS[name]
+
+
+__all__ = ["SAMPLERS", "ModelFns", "get_sampler", "model_fns", "precision_scope",
+           "sample_categorical"]

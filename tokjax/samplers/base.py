@@ -1,0 +1,91 @@
+"""What a sampler needs from a model, as closures, plus the shared loop driver.
+
+Samplers never see the model class (DESIGN.md): they get a `ModelFns` of pure
+functions of `params` (the model's `nnx.State`) and run their `step` either in
+`jax.lax.while_loop` inside one `jax.jit`, or, with debug=True, in a Python loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+from tokjax.models.transformer import TransformerConfig, init_cache
+
+
+class ModelFns(NamedTuple):
+  """Pure model closures.
+
+  Attributes:
+    forward: (params, tokens int32[batch, seq_len], **kw) -> logits
+      float32[batch, seq_len, vocab]; kw may hold attention=..., time=float32[batch].
+    decode: (params, tokens int32[batch, q_len], positions int32[batch, q_len],
+      cache) -> (logits float32[batch, q_len, vocab], cache); None if no KV cache.
+    init_cache: (batch_size, max_len) -> empty cache; None if no KV cache.
+    max_seq_len: longest sequence the model accepts; None if unbounded.
+  """
+
+  forward: Callable
+  decode: Callable | None = None
+  init_cache: Callable | None = None
+  max_seq_len: int | None = None
+
+
+def model_fns(graphdef: nnx.GraphDef) -> ModelFns:
+  """Closures over a `tokjax.models.Transformer` split as `graphdef, params = nnx.split(model)`.
+
+  Build it once per model and reuse it: the samplers' compiled programs are
+  cached on the identity of these closures.
+
+  Raises:
+    TypeError: `graphdef` does not come from a tokjax Transformer.
+  """
+  config = _transformer_config(graphdef)
+
+  def forward(params, tokens, **kwargs):
+    return nnx.merge(graphdef, params)(tokens, **kwargs)
+
+  def decode(params, tokens, positions, cache):
+    return nnx.merge(graphdef, params).decode(tokens, positions, cache)
+
+  def new_cache(batch_size, max_len):
+    return init_cache(config, batch_size, max_len)
+
+  return ModelFns(forward, decode, new_cache, config.max_seq_len)
+
+
+def _transformer_config(graphdef: nnx.GraphDef) -> TransformerConfig:
+  """The static `config` attribute recorded in a Transformer's graphdef."""
+  for name, attribute in getattr(graphdef, "attributes", ()):
+    value = getattr(attribute, "value", None)
+    if name == "config" and isinstance(value, TransformerConfig):
+      return value
+  raise TypeError(
+      "model_fns expects the graphdef of a tokjax Transformer: "
+      "`graphdef, params = nnx.split(Transformer(config, rngs=...))`."
+  )
+
+
+def run_loop(cond: Callable[[Any], jax.Array], step: Callable[[Any], Any], state: Any, *,
+             debug: bool, on_step: Callable[[Any], None] | None) -> Any:
+  """Iterates `state = step(state)` while `cond(state)`.
+
+  debug=False: `jax.lax.while_loop` (call it inside `jax.jit`).
+  debug=True: a Python loop over the same `step`, calling `on_step(state)`
+  after every step so a researcher can print or record intermediate states.
+  """
+  if not debug:
+    return jax.lax.while_loop(cond, step, state)
+  while bool(cond(state)):
+    state = step(state)
+    if on_step is not None:
+      on_step(state)
+  return state
+
+
+def check_debug_args(debug: bool, on_step: Callable[[Any], None] | None) -> None:
+  """Raises ValueError if on_step is given without debug=True."""
+  if on_step is not None and not debug:
+    raise ValueError("on_step is only called in the Python loop: pass debug=True.")

@@ -1,0 +1,166 @@
+"""MD4 ancestral sampler, as one compiled program.
+
+From "Simplified and Generalized Masked Diffusion for Discrete Data" (Shi et
+al. 2024): the reverse transition q(z_s | z_t, x) with x ~ p_theta(. | z_t).
+
+Time runs from t = 1 (all MASK) to 0 on the grid t_i = i / num_steps. In the
+step from t to s = t - 1 / num_steps every still-masked position draws a token
+from p_theta(. | z_t) (MASK excluded) and keeps it with probability
+`schedule.unmask_probability(s, t)` = (alpha_s - alpha_t) / (1 - alpha_t);
+unmasked positions never change. The last step keeps every draw, so the output
+has no MASK left (at s = 0 that probability is 1 up to rounding anyway).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from tokjax.samplers.base import ModelFns, check_debug_args, run_loop
+from tokjax.samplers.categorical import precision_scope, sample_categorical
+from tokjax.schedules import MaskingSchedule
+
+
+@struct.dataclass
+class MD4State:
+  """Loop state.
+
+  Attributes:
+    z: int32[batch, seq_len] current sequence; mask_id where still masked.
+    step: int32[] number of steps taken; the current time is 1 - step / num_steps.
+    rng: PRNG key.
+  """
+
+  z: jax.Array
+  step: jax.Array
+  rng: jax.Array
+
+
+class MD4Settings(NamedTuple):
+  """Static settings of one `sample` call (see `sample` for meanings)."""
+
+  seq_len: int
+  num_steps: int
+  schedule: MaskingSchedule
+  mask_id: int
+  temperature: float
+  precision: str
+  time_conditioning: bool
+
+
+def sample(
+    fns: ModelFns,
+    params: Any,
+    prompt: jax.Array,
+    rng: jax.Array,
+    *,
+    seq_len: int,
+    num_steps: int,
+    schedule: MaskingSchedule,
+    mask_id: int,
+    temperature: float = 1.0,
+    precision: str = "float32",
+    time_conditioning: bool = False,
+    debug: bool = False,
+    on_step: Callable[[MD4State], None] | None = None,
+) -> jax.Array:
+  """Generates `seq_len` tokens per row by iterative unmasking.
+
+  Args:
+    fns: model closures; only `forward` is used, with attention='bidirectional'.
+    params: model parameters passed to `fns.forward`.
+    prompt: int32[batch, prompt_len], prompt_len <= seq_len (may be 0). Its
+      tokens are kept; any mask_id inside it is generated (infilling).
+    rng: PRNG key.
+    seq_len: output length, <= fns.max_seq_len.
+    num_steps: T >= 1 network calls.
+    schedule: the masking schedule alpha(t) the model was trained with.
+    mask_id: id of the MASK token; its logit is set to -inf before drawing.
+    temperature, precision: see `categorical.sample_categorical`.
+    time_conditioning: pass time=t (float32[batch]) to `fns.forward`.
+    debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
+    on_step: with debug=True, called with the `MD4State` after every step.
+
+  Returns:
+    int32[batch, seq_len] without mask_id.
+
+  Raises:
+    ValueError: bad shapes or lengths, num_steps < 1, mask_id outside the
+      model's vocabulary, on_step without debug, or a bad sampling setting.
+  """
+  prompt = jnp.asarray(prompt, jnp.int32)
+  settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, precision,
+                         time_conditioning)
+  _validate(fns, prompt, settings)
+  check_debug_args(debug, on_step)
+  with precision_scope(precision):
+    if debug:
+      return _generate(fns, settings, params, prompt, rng, debug=True, on_step=on_step)
+    return _generate_jit(fns, settings, params, prompt, rng)
+
+
+def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
+  state = init_state(settings, prompt, rng)
+  step = make_step(fns, settings, params)
+
+  def cond(s):
+    return s.step < settings.num_steps
+
+  return run_loop(cond, step, state, debug=debug, on_step=on_step).z
+
+
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1))
+
+
+def init_state(settings: MD4Settings, prompt: jax.Array, rng: jax.Array) -> MD4State:
+  """The prompt followed by MASK up to seq_len, at t = 1."""
+  batch, prompt_len = prompt.shape
+  z = jnp.full((batch, settings.seq_len), settings.mask_id, jnp.int32)
+  return MD4State(z.at[:, :prompt_len].set(prompt), jnp.int32(0), rng)
+
+
+def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4State], MD4State]:
+  """One ancestral step from t = 1 - step / T to s = t - 1 / T."""
+  num_steps = settings.num_steps
+
+  def step(state: MD4State) -> MD4State:
+    t = (num_steps - state.step).astype(jnp.float32) / num_steps
+    s = (num_steps - state.step - 1).astype(jnp.float32) / num_steps
+    rng, draw_key, unmask_key = jax.random.split(state.rng, 3)
+    draw = sample_categorical(
+        draw_key, _denoiser_logits(fns, settings, params, state.z, t),
+        temperature=settings.temperature, precision=settings.precision,
+    )
+    keep = jax.random.uniform(unmask_key, state.z.shape, jnp.float32)
+    keep = (keep < settings.schedule.unmask_probability(s, t)) | (state.step == num_steps - 1)
+    unmask = (state.z == settings.mask_id) & keep
+    return MD4State(jnp.where(unmask, draw, state.z), state.step + 1, rng)
+
+  return step
+
+
+def _denoiser_logits(fns, settings, params, z, t) -> jax.Array:
+  """float32[batch, seq_len, vocab] logits of p_theta(x | z_t), MASK at -inf."""
+  kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
+  logits = fns.forward(params, z, attention="bidirectional", **kwargs)
+  if not 0 <= settings.mask_id < logits.shape[-1]:
+    raise ValueError(f"mask_id={settings.mask_id} is outside the vocabulary [0, {logits.shape[-1]}).")
+  return logits.at[..., settings.mask_id].set(-jnp.inf)
+
+
+def _validate(fns, prompt, settings) -> None:
+  if prompt.ndim != 2:
+    raise ValueError(f"prompt must be int32[batch, prompt_len], got shape {prompt.shape}.")
+  if prompt.shape[1] > settings.seq_len:
+    raise ValueError(f"prompt_len={prompt.shape[1]} > seq_len={settings.seq_len}; raise seq_len.")
+  if fns.max_seq_len is not None and settings.seq_len > fns.max_seq_len:
+    raise ValueError(
+        f"seq_len={settings.seq_len} > the model's max_seq_len={fns.max_seq_len}; lower seq_len."
+    )
+  if settings.num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {settings.num_steps}.")
+  if not isinstance(settings.schedule, MaskingSchedule):
+    raise ValueError("schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear').")

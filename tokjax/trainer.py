@@ -1,0 +1,143 @@
+"""The one training loop, for every objective. Read it top to bottom by phase.
+
+1. Mesh, model, objective, shardings  (`Experiment.create`)
+2. Data: host-local batches become global arrays
+3. Init: `jax.jit(init, out_shardings=...)`, so no host holds the full model
+4. Step: `jax.jit` with in/out shardings and the state donated
+5. Restore: the latest checkpoint, data iterator included
+6. Loop: step, log one step late, eval, checkpoint; then final eval and samples
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import optax
+
+from tokjax import evaluation, generation
+from tokjax.checkpoint import Checkpointer, abstract_with_shardings
+from tokjax.data import load_split, to_global, train_iterator
+from tokjax.experiment import Experiment
+from tokjax.metrics import MetricWriter, progress_bar
+
+
+def make_train_step(exp: Experiment):
+  """Jitted (state, batch int32[batch, seq_len]) -> (state, metrics); state donated.
+
+  The step's randomness is `fold_in(key(seed), step)`, so a resumed run draws
+  exactly what an uninterrupted one would.
+  """
+  objective, schedule = exp.objective, exp.lr_schedule
+  base_rng = exp.config.seed
+
+  def step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(base_rng), state["step"])
+
+    def loss_fn(params):
+      return objective.loss(exp.model(params), batch, rng)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = exp.optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = {
+        "step": state["step"] + 1,
+        "params": optax.apply_updates(state["params"], updates),
+        "opt_state": opt_state,
+    }
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state["step"]))
+    return new_state, metrics
+
+  return jax.jit(
+      step,
+      in_shardings=(exp.state_shardings, exp.batch_sharding),
+      out_shardings=(exp.state_shardings, None),
+      donate_argnums=0,
+  )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns the final validation report. Writes WORKDIR/metrics.jsonl,
+  WORKDIR/tensorboard, WORKDIR/checkpoints and WORKDIR/samples.json.
+  """
+  # Phase 1: mesh, model, objective and shardings.
+  exp = Experiment.create(config)
+  config_dict = config.to_dict()
+
+  # Phase 2: data.
+  train_tokens = load_split(config.data, "train", exp.tokenizer)
+  valid_tokens = load_split(config.data, "validation", exp.tokenizer)
+  data_iter = train_iterator(
+      train_tokens, seq_len=config.seq_len, batch_size=config.batch_size,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+
+  # Phases 3-5: restore the latest checkpoint, or initialise.
+  ckpt = Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
+  abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
+  state, _ = ckpt.restore(abstract, config_dict, data_iter)
+  state = state or exp.init_state()
+  train_step = make_train_step(exp)
+  eval_step = evaluation.make_eval_step(exp)
+  start = int(state["step"])
+
+  # Phase 6: the loop.
+  writer = MetricWriter(workdir)
+  bar = progress_bar(config.num_train_steps, start, config.progress_bar)
+  tokens_per_step = config.batch_size * config.seq_len
+  pending, tick, tick_step = None, time.perf_counter(), start
+  for step in range(start, config.num_train_steps):
+    batch = to_global(next(data_iter), exp.batch_sharding)
+    state, metrics = train_step(state, batch)
+    if pending is not None:  # Log the previous step now, so the host never blocks.
+      writer.write(*pending)
+      bar.set_postfix(loss=f"{pending[1]['loss']:.4f}", tok_s=f"{pending[1]['tokens_per_s']:.0f}")
+      pending = None
+    done = step + 1
+    bar.update(1)
+    if done % config.log_every_steps == 0 or done == config.num_train_steps:
+      now = time.perf_counter()
+      rate = (done - tick_step) * tokens_per_step / (now - tick)
+      tick, tick_step = now, done
+      pending = (done, dict(jax.device_get(metrics), tokens_per_s=rate))
+    if done % config.eval_every_steps == 0 and done < config.num_train_steps:
+      r = evaluation.evaluate(exp, eval_step, state["params"], valid_tokens,
+                              max_batches=config.eval_steps, split="validation", seed=config.seed)
+      writer.write(done, {f"eval/{k}": v for k, v in r.items() if isinstance(v, float)})
+    if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
+      ckpt.save(done, state, data_iter, config_dict)
+  if pending is not None:
+    writer.write(*pending)
+  bar.close()
+  ckpt.wait()
+
+  # Final: the validation report and samples.
+  final = evaluation.evaluate(exp, eval_step, state["params"], valid_tokens,
+                              max_batches=config.final_eval_steps, split="validation",
+                              seed=config.seed)
+  writer.write(int(state["step"]), {f"eval/{k}": v for k, v in final.items() if isinstance(v, float)})
+  print(evaluation.format_report(final))
+  write_samples(exp, state["params"], workdir, int(state["step"]))
+  writer.close()
+  ckpt.close()
+  return final
+
+
+def write_samples(exp: Experiment, params, workdir: str, step: int,
+                  filename: str = "samples.json") -> list[str]:
+  """Prints samples from the config's sampler and writes them to WORKDIR/filename."""
+  s = exp.config.sampler
+  texts, record = generation.generate(
+      exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed
+  )
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, filename), "w") as f:
+      json.dump(dict(record, step=step, samples=texts), f, indent=1)
+    for i, text in enumerate(texts):
+      print(f"--- sample {i} ({record['sampler']}, precision={record['precision']}) ---\n{text}")
+  return texts
