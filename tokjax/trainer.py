@@ -46,7 +46,7 @@ def make_train_step(exp: Experiment):
         "params": optax.apply_updates(state["params"], updates),
         "opt_state": opt_state,
     }
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state["step"]))
     return new_state, metrics
 

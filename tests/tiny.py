@@ -1,0 +1,48 @@
+"""A tiny config on the fixture corpus, shared by the training and CLI tests."""
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "tests", "fixtures", "corpus")
+
+
+def load_config(arg: str):
+  """configs/shakespeare.py:ARG, as `--config` would load it."""
+  spec = importlib.util.spec_from_file_location("shakespeare_config", os.path.join(ROOT, "configs", "shakespeare.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# The same settings as --config.KEY=VALUE flags, so CLI tests and in-process
+# tests train the identical model.
+TINY_OVERRIDES = dict(
+    seq_len=32, batch_size=8, num_train_steps=6, log_every_steps=1,
+    eval_every_steps=3, eval_steps=2, final_eval_steps=2, checkpoint_every_steps=3,
+    progress_bar=False,
+)
+TINY_SAMPLER = {"sampler.num_samples": 2, "sampler.ar.max_new_tokens": 12, "sampler.md4.num_steps": 8}
+
+
+def tiny_config(data_dir: str, objective: str = "causal", mesh: str = "dp"):
+  config = load_config(f"objective={objective},size=tiny,mesh={mesh}")
+  config.data.name = "text_files"
+  config.data.path = CORPUS
+  config.data.data_dir = data_dir
+  config.update(TINY_OVERRIDES)
+  for key, value in TINY_SAMPLER.items():
+    section, *rest = key.split(".")
+    target = config[section]
+    for part in rest[:-1]:
+      target = target[part]
+    target[rest[-1]] = value
+  return config
+
+
+def cli_flags(data_dir: str, objective: str = "causal") -> list[str]:
+  flags = [f"--config={ROOT}/configs/shakespeare.py:objective={objective},size=tiny",
+           "--config.data.name=text_files", f"--config.data.path={CORPUS}",
+           f"--config.data.data_dir={data_dir}"]
+  flags += [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
+  flags += [f"--config.{k}={v}" for k, v in TINY_SAMPLER.items()]
+  return flags
