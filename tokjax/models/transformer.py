@@ -14,6 +14,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from tokjax.models.attention import Attention, attention_mask, cache_mask
@@ -212,7 +213,8 @@ class Transformer(nnx.Module):
           "shorten the input or raise TransformerConfig.max_seq_len."
       )
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-      low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+      host = np.asarray(tokens)  # concrete: check on the host, outside any trace
+      low, high = int(host.min()), int(host.max())
       if low < 0 or high >= self.config.vocab_size:
         raise ValueError(
             f"Token ids span [{low}, {high}] but must lie in [0, {self.config.vocab_size}); "

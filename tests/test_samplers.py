@@ -1,0 +1,238 @@
+"""Sampler tests: categorical draws, AR (cached == uncached, EOS), MD4 unmasking."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from tokjax.models import Transformer, TransformerConfig
+from tokjax.samplers import (
+    SAMPLERS, ModelFns, autoregressive, get_sampler, md4, model_fns, precision_scope,
+    sample_categorical,
+)
+from tokjax.samplers.categorical import gumbel_noise
+from tokjax.schedules import get_schedule
+
+PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+
+
+def tiny_model(**overrides):
+  kwargs = dict(vocab_size=32, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_seq_len=16)
+  graphdef, params = nnx.split(Transformer(TransformerConfig(**{**kwargs, **overrides}),
+                                           rngs=nnx.Rngs(0)))
+  return model_fns(graphdef), params
+
+
+def truncated(probs, keep):
+  p = np.where(keep, probs, 0.0)
+  return p / p.sum()
+
+
+# ---------------------------------------------------------------- categorical
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_categorical_frequencies_pass_chi_square(precision):
+  n = 20_000
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS, jnp.float32)), (n, PROBS.size))
+
+  def draws(rng):
+    keys = jax.random.split(rng, 4)
+    return (
+        sample_categorical(keys[0], logits, precision=precision),
+        sample_categorical(keys[1], logits, temperature=2.0, precision=precision),
+        sample_categorical(keys[2], logits, top_k=2, precision=precision),
+        sample_categorical(keys[3], logits, top_p=0.8, precision=precision),
+    )
+
+  with precision_scope(precision):
+    plain, hot, top2, nucleus = jax.jit(draws)(jax.random.key(0))
+  expected = [
+      PROBS,
+      truncated(np.sqrt(PROBS), np.ones(5, bool)),
+      truncated(PROBS, np.arange(5) < 2),
+      truncated(PROBS, np.arange(5) < 3),   # 0.4 + 0.3 < 0.8 <= 0.4 + 0.3 + 0.15
+  ]
+  for sample, p in zip((plain, hot, top2, nucleus), expected):
+    counts = np.bincount(np.asarray(sample), minlength=5)
+    assert counts[p == 0].sum() == 0
+    support = p > 0
+    assert stats.chisquare(counts[support], n * p[support]).pvalue > 1e-3
+
+
+def nucleus_reference(logits, top_k, top_p):
+  """NumPy boolean[rows, vocab] of the tokens top-k then top-p filtering keeps."""
+  keep = np.ones_like(logits, bool)
+  if top_k:
+    kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+    keep &= logits >= kth
+  filtered = np.where(keep, logits, -np.inf)
+  order = np.argsort(-filtered, axis=-1)
+  probs = np.take_along_axis(np.exp(filtered - filtered.max(-1, keepdims=True)), order, -1)
+  probs /= probs.sum(-1, keepdims=True)
+  mass_before = np.cumsum(probs, -1) - probs
+  nucleus = np.zeros_like(keep)
+  np.put_along_axis(nucleus, order, mass_before < top_p, -1)
+  return keep & nucleus
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.6), (5, 0.5)])
+def test_top_k_top_p_stay_inside_the_allowed_set(top_k, top_p):
+  rows, repeats, vocab = 64, 32, 16
+  logits = np.asarray(jax.random.normal(jax.random.key(1), (rows, vocab))) * 2.0
+  allowed = nucleus_reference(logits, top_k, top_p)
+  tiled = jnp.asarray(np.repeat(logits, repeats, axis=0), jnp.float32)
+  draws = sample_categorical(jax.random.key(2), tiled, top_k=top_k, top_p=top_p)
+  draws = np.asarray(draws).reshape(rows, repeats)
+  assert np.take_along_axis(allowed, draws, axis=1).all()
+  assert max(len(set(row)) for row in draws) > 1  # really sampling, not argmax
+
+
+def test_greedy_and_bad_settings():
+  logits = jnp.array([[0.0, 3.0, 1.0], [2.0, -1.0, 0.5]])
+  assert sample_categorical(None, logits, temperature=0.0).tolist() == [1, 0]
+  with pytest.raises(ValueError, match="precision"):
+    sample_categorical(jax.random.key(0), logits, precision="float16")
+  with pytest.raises(ValueError, match="precision_scope"):
+    sample_categorical(jax.random.key(0), logits, precision="float64")
+  with pytest.raises(ValueError, match="top_p"):
+    sample_categorical(jax.random.key(0), logits, top_p=0.0)
+
+
+def test_float64_precision_really_draws_in_float64():
+  with precision_scope("float64"):
+    noise = np.asarray(gumbel_noise(jax.random.key(0), (4096,), "float64"))
+    jaxpr = jax.make_jaxpr(lambda k, l: sample_categorical(k, l, precision="float64"))(
+        jax.random.key(0), jnp.zeros((4, 8), jnp.float32)
+    )
+  assert noise.dtype == np.float64
+  assert np.mean(noise != noise.astype(np.float32)) > 0.99  # not float32 values in disguise
+  argmax = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "argmax"]
+  assert [str(e.invars[0].aval.dtype) for e in argmax] == ["float64"]
+
+
+def test_model_stays_in_its_dtype_under_float64_sampling():
+  fns, params = tiny_model()
+  with precision_scope("float64"):
+    jaxpr = str(jax.make_jaxpr(fns.forward)(params, jnp.zeros((2, 8), jnp.int32)))
+  assert not re.search(r"[fiu]64\[", jaxpr)
+
+
+# ---------------------------------------------------------------- autoregressive
+
+
+def test_ar_cached_equals_uncached_greedy_and_keeps_prompt():
+  fns, params = tiny_model()
+  prompt = jax.random.randint(jax.random.key(3), (3, 4), 0, 32, dtype=jnp.int32)
+  kwargs = dict(max_new_tokens=10, eos_id=31, pad_id=0, temperature=0.0)
+  cached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs)
+  uncached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), use_kv_cache=False,
+                               **kwargs)
+  assert cached.shape == (3, 14) and cached.dtype == jnp.int32
+  np.testing.assert_array_equal(cached, uncached)
+  np.testing.assert_array_equal(cached[:, :4], prompt)
+  with pytest.raises(ValueError, match="max_seq_len"):
+    get_sampler("ar")(fns, params, prompt, jax.random.key(0), **{**kwargs, "max_new_tokens": 13})
+
+
+def counting_fns(vocab):
+  """Toy model: the next token is always (current token + 1) mod vocab."""
+
+  def forward(params, tokens, **kwargs):
+    assert kwargs.get("attention", "causal") == "causal"
+    return 30.0 * jax.nn.one_hot((tokens + 1) % vocab, vocab)
+
+  def decode(params, tokens, positions, cache):
+    return forward(params, tokens), cache
+
+  return ModelFns(forward, decode, lambda batch, length: jnp.zeros(()), None)
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_ar_stops_at_eos_and_pads_after_it(use_kv_cache):
+  fns = counting_fns(vocab=8)
+  prompt = jnp.array([[4, 5], [0, 1]], jnp.int32)
+  kwargs = dict(max_new_tokens=8, eos_id=7, pad_id=0, use_kv_cache=use_kv_cache)
+  expected = [[4, 5, 6, 7, 0, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 0, 0]]
+  out = autoregressive.sample(fns, None, prompt, jax.random.key(0), **kwargs)
+  assert out.tolist() == expected
+  steps = []
+  out = autoregressive.sample(fns, None, prompt, jax.random.key(0), debug=True,
+                              on_step=steps.append, **kwargs)
+  assert out.tolist() == expected
+  assert len(steps) == 6  # the loop ends when the last row emits EOS
+  assert steps[0].tokens[:, 2].tolist() == [6, 2]
+
+
+# ---------------------------------------------------------------- MD4
+
+
+def constant_fns(logits, expect_time):
+  """Toy denoiser whose logits ignore the input."""
+
+  def forward(params, tokens, **kwargs):
+    assert kwargs.pop("attention") == "bidirectional"
+    assert ("time" in kwargs) == expect_time
+    return jnp.broadcast_to(params, tokens.shape + params.shape)
+
+  return ModelFns(forward), jnp.asarray(logits, jnp.float32)
+
+
+def test_md4_unmasks_on_schedule_and_never_remasks():
+  vocab, mask_id, num_steps = 8, 7, 6
+  schedule = get_schedule("cosine")
+  logits = np.zeros(vocab)
+  logits[mask_id] = 50.0  # the sampler must exclude MASK however likely the model says
+  fns, params = constant_fns(logits, expect_time=True)
+  prompt = jnp.tile(jnp.array([[1, 2, 3]], jnp.int32), (32, 1))
+  kwargs = dict(seq_len=32, num_steps=num_steps, schedule=schedule, mask_id=mask_id,
+                time_conditioning=True)
+  states = []
+  out = md4.sample(fns, params, prompt, jax.random.key(5), debug=True, on_step=states.append,
+                   **kwargs)
+  np.testing.assert_array_equal(out, md4.sample(fns, params, prompt, jax.random.key(5), **kwargs))
+  assert len(states) == num_steps
+  out = np.asarray(out)
+  assert not (out == mask_id).any()
+  np.testing.assert_array_equal(out[:, :3], prompt)
+  previous = np.full(out.shape, mask_id).copy()
+  previous[:, :3] = prompt
+  for i, state in enumerate(states):
+    z = np.asarray(state.z)
+    was_clean = previous != mask_id
+    np.testing.assert_array_equal(z[was_clean], previous[was_clean])  # never changes/re-masks
+    n = int((~was_clean).sum())
+    newly = int(((z != mask_id) & ~was_clean).sum())
+    t, s = (num_steps - i) / num_steps, (num_steps - i - 1) / num_steps
+    p = float(schedule.unmask_probability(jnp.float32(s), jnp.float32(t)))
+    if i == num_steps - 1:
+      assert newly == n
+    else:
+      assert abs(newly - n * p) <= 5 * np.sqrt(n * p * (1 - p)) + 1, (i, newly, n, p)
+    previous = z
+
+
+def test_md4_with_a_real_model_fills_every_mask():
+  fns, params = tiny_model(time_conditioning=True)
+  prompt = jnp.array([[5, 6], [7, 8]], jnp.int32)
+  out = get_sampler("md4")(fns, params, prompt, jax.random.key(0), seq_len=16, num_steps=4,
+                           schedule=get_schedule("linear"), mask_id=31, time_conditioning=True,
+                           precision="float64")
+  assert out.shape == (2, 16) and out.dtype == jnp.int32
+  assert not (np.asarray(out) == 31).any()
+  np.testing.assert_array_equal(out[:, :2], prompt)
+
+
+def test_registry_and_model_fns_errors():
+  assert SAMPLERS == {"ar": autoregressive.sample, "md4": md4.sample}
+  with pytest.raises(ValueError, match="'ar'"):
+    get_sampler("beam")
+  with pytest.raises(TypeError, match="Transformer"):
+    model_fns(nnx.graphdef(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))
+  fns, params = constant_fns(np.zeros(8), expect_time=False)
+  with pytest.raises(ValueError, match="debug=True"):
+    md4.sample(fns, params, jnp.zeros((1, 2), jnp.int32), jax.random.key(0), seq_len=4,
+               num_steps=2, schedule=get_schedule("linear"), mask_id=7, on_step=print)
