@@ -1,4 +1,4 @@
-"""Process start-up shared by the CLIs: multi-host init and the compile cache."""
+"""Process start-up shared by the CLIs: multi-process init and the compile cache."""
 from __future__ import annotations
 
 import os
@@ -10,22 +10,22 @@ from absl import logging
 def initialize() -> None:
   """Joins a multi-process run when launched as one, and enables the cache.
 
-  `jax.distributed.initialize()` reads the coordinator from the environment
-  (TPU VMs, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-  JAX_PROCESS_ID set by `launch/local_multiprocess.sh`).
+  - `launch/local_multiprocess.sh` sets JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID (CPU processes talk through gloo).
+  - `launch/tpu_vm.sh` and `launch/slurm.sbatch` set TOKJAX_DISTRIBUTED=1, and
+    `jax.distributed.initialize()` discovers the TPU slice or SLURM job itself.
   """
   logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO.
-  if _is_multiprocess():
+  env = os.environ
+  if "JAX_NUM_PROCESSES" in env:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        env["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(env["JAX_NUM_PROCESSES"]),
+        process_id=int(env["JAX_PROCESS_ID"]),
+    )
+  elif env.get("TOKJAX_DISTRIBUTED") == "1":
     jax.distributed.initialize()
-  cache = os.environ.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax"))
+  cache = env.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax"))
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _is_multiprocess() -> bool:
-  env = os.environ
-  return (
-      "JAX_COORDINATOR_ADDRESS" in env
-      or "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1
-      or "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]
-  )

@@ -121,7 +121,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               max_batches=config.final_eval_steps, split="validation",
                               seed=config.seed)
   writer.write(int(state["step"]), {f"eval/{k}": v for k, v in final.items() if isinstance(v, float)})
-  print(evaluation.format_report(final))
+  if jax.process_index() == 0:
+    print(evaluation.format_report(final))
   write_samples(exp, state["params"], workdir, int(state["step"]))
   writer.close()
   ckpt.close()
