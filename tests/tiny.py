@@ -1,6 +1,7 @@
 """A tiny config on the fixture corpus, shared by the training and CLI tests."""
-import importlib.util
 import os
+
+from tokjax.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "tests", "fixtures", "corpus")
@@ -8,10 +9,7 @@ CORPUS = os.path.join(ROOT, "tests", "fixtures", "corpus")
 
 def load_config(arg: str):
   """configs/shakespeare.py:ARG, as `--config` would load it."""
-  spec = importlib.util.spec_from_file_location("shakespeare_config", os.path.join(ROOT, "configs", "shakespeare.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_file(os.path.join(ROOT, "configs", "shakespeare.py"), arg)
 
 
 # The same settings as --config.KEY=VALUE flags, so CLI tests and in-process

@@ -6,6 +6,9 @@ sampler's in `config.sampler.<sampler>`.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from tokjax import sharding
@@ -104,3 +107,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("seq_len", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config[key] <= 0:
       raise ValueError(f"{key} must be positive, got {config[key]}.")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads `path` (a configs/*.py file) with variant `arg`, as --config=PATH:ARG does.
+
+  Raises:
+    FileNotFoundError: no such config file.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No config file {path!r}; pass e.g. configs/shakespeare.py.")
+  spec = importlib.util.spec_from_file_location("tokjax_experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

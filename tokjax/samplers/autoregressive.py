@@ -142,7 +142,7 @@ def make_step(fns: ModelFns, settings: ARSettings, params) -> Callable[[ARState]
         key, logits, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, precision=settings.precision,
     )
-    token = jnp.where(state.done, settings.pad_id, token)
+    pass
     tokens = jax.lax.dynamic_update_slice(
         state.tokens, token[:, None], (jnp.zeros_like(state.pos), state.pos)
     )

@@ -1,0 +1,124 @@
+"""Training throughput, MFU, and AR decode speed against measured rooflines.
+
+  python benchmarks/train_throughput.py [--sizes quickstart,small] [--dtype float32]
+
+For each model size: train tokens/s of the real jitted train step (causal
+objective, seq_len 256, global batch 16) and model-FLOPs utilisation, i.e.
+6 N + 12 L d T FLOPs per token (PaLM, App. B) times tokens/s, divided by a
+float32 matmul peak measured in this process. Then AR decode tokens/s with the
+KV cache at batch 1 and 32, against the memory-bandwidth roofline
+batch / (parameter bytes / measured copy bandwidth).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokjax.config import load_config_file
+from tokjax.experiment import Experiment
+from tokjax.metrics import flops_per_token
+from tokjax.samplers import autoregressive, model_fns
+from tokjax.trainer import make_train_step
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "shakespeare.py")
+
+
+def _best_time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_peak(dtype=jnp.float32, n: int = 2048) -> float:
+  """FLOP/s of an n x n x n matmul (f32 accumulation), best of several runs."""
+  a = jnp.ones((n, n), dtype)
+  b = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+  return 2 * n**3 / _best_time(lambda: f(a, b), 10)
+
+
+def copy_bandwidth(num_bytes: int = 256 << 20) -> float:
+  """Bytes/s of an on-device array copy (bytes copied, not read + written)."""
+  x = jnp.ones((num_bytes // 4,), jnp.float32)
+  f = jax.jit(lambda x: x * 1.0001)
+  return num_bytes / _best_time(lambda: f(x), 10)
+
+
+def train_throughput(size: str, dtype: str, steps: int):
+  config = load_config_file(CONFIG, f"size={size}")
+  config.model.dtype = dtype
+  config.mesh.shape = (1,)
+  exp = Experiment.create(config)
+  step = make_train_step(exp)
+  state = exp.init_state()
+  batch = jax.device_put(
+      np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len), np.int32),
+      exp.batch_sharding,
+  )
+  for _ in range(2):  # Compile and warm up.
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  tokens_per_s = steps * config.batch_size * config.seq_len / (time.perf_counter() - start)
+  params = state["params"]
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  embed = params["embed"].get_value().size
+  m = config.model
+  flops = flops_per_token(num_params - embed, m.num_layers, m.d_model, config.seq_len)
+  return exp, params, num_params, tokens_per_s, flops
+
+
+def decode_throughput(exp, params, batch: int, new_tokens: int) -> float:
+  fns = model_fns(exp.graphdef)
+  prompt = jnp.full((batch, 1), exp.tokenizer.bos_id, jnp.int32)
+
+  def run():
+    return autoregressive.sample(
+        fns, params, prompt, jax.random.key(0), max_new_tokens=new_tokens,
+        eos_id=-1, pad_id=exp.tokenizer.pad_id, temperature=1.0, precision="float32",
+    )
+
+  return batch * new_tokens / _best_time(run, 3)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--sizes", default="quickstart,small")
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--steps", type=int, default=10)
+  args = parser.parse_args()
+  peak = matmul_peak()
+  peak_bf16 = matmul_peak(jnp.bfloat16)
+  bandwidth = copy_bandwidth()
+  print(f"devices: {jax.devices()}")
+  print(f"measured matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, "
+        f"bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+  for size in args.sizes.split(","):
+    exp, params, n, tok_s, flops = train_throughput(size, args.dtype, args.steps)
+    m = exp.config.model
+    print(f"\n[{size}] {m.num_layers} layers x {m.d_model} wide, {n / 1e6:.1f}M params, "
+          f"{args.dtype}, batch {exp.config.batch_size} x seq {exp.config.seq_len}")
+    print(f"  train: {tok_s:,.0f} tokens/s, {flops * tok_s / 1e9:.0f} GFLOP/s model FLOPs, "
+          f"MFU {100 * flops * tok_s / peak:.1f}% of the float32 matmul peak")
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    for batch in (1, 32):
+      rate = decode_throughput(exp, params, batch, new_tokens=128)
+      roofline = batch * bandwidth / param_bytes
+      print(f"  decode batch {batch:>2}: {rate:,.0f} tokens/s "
+            f"(bandwidth roofline {roofline:,.0f} tokens/s, {100 * rate / roofline:.0f}%)")
+
+
+if __name__ == "__main__":
+  main()
