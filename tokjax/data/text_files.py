@@ -29,6 +29,8 @@ import os
 
 import tensorflow_datasets as tfds
 
+from tokjax.data.text_builder import TextBuilder
+
 HELD_OUT_FRACTION = 0.05
 NUM_PIECES = 20
 DIRECTORY_SUFFIXES = (".txt", ".jsonl")
@@ -154,29 +156,11 @@ class TextFilesConfig(tfds.core.BuilderConfig):
                description=f"Text files at {path}")
 
 
-class TextFiles(tfds.core.GeneratorBasedBuilder):
+class TextFiles(TextBuilder):
   """Your own text files; build with `TextFiles(config=TextFilesConfig.for_path(p))`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  # No checksums file sits next to this module. Saying so also skips a TFDS
-  # 4.9.10 probe that imports the undeclared `importlib_resources` package.
-  code_path = None
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-    )
-
-  def _split_generators(self, dl_manager):
+  def split_documents(self, dl_manager):
     del dl_manager  # The files are local.
     docs = dict(read_documents(find_files(self.builder_config.path)))
-    return {
-        split: self._generate_examples([(key, docs[key]) for key in keys])
-        for split, keys in assign_splits(list(docs)).items()
-    }
-
-  def _generate_examples(self, docs):
-    for key, text in docs:
-      yield key, {"text": text}
+    return {split: [(key, docs[key]) for key in keys]
+            for split, keys in assign_splits(list(docs)).items()}
