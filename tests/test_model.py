@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from tokjax.models import Transformer, TransformerConfig
-from tokjax.models.attention import attention_mask
+from tokjax.models.attention import apply_rope, attention_mask
 
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv"}
 
@@ -90,6 +90,22 @@ def test_attention_mask_matches_definition():
     np.testing.assert_array_equal(mask[b, 0], (j <= i) | (j < p))
   np.testing.assert_array_equal(np.asarray(attention_mask("causal", 5, None))[0, 0], j <= i)
   assert np.asarray(attention_mask("bidirectional", 5, None)).all()
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  q, k = jax.random.normal(jax.random.key(5), (2, 1, 6, 2, 8))
+  positions = jnp.arange(6, dtype=jnp.int32)[None]
+
+  def scores(shift):
+    rq, rk = apply_rope(q, positions + shift, 10000.0), apply_rope(k, positions + shift, 10000.0)
+    return jnp.einsum("bqhd,bkhd->bhqk", rq, rk)
+
+  np.testing.assert_allclose(scores(0), scores(37), atol=1e-4)
+  np.testing.assert_allclose(
+      jnp.linalg.norm(apply_rope(q, positions + 3, 10000.0), axis=-1),
+      jnp.linalg.norm(q, axis=-1), rtol=1e-5,
+  )
+  assert not np.allclose(apply_rope(q, positions, 10000.0), q)
 
 
 def test_time_conditioning_changes_logits():

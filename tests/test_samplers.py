@@ -232,6 +232,13 @@ def test_registry_and_model_fns_errors():
     get_sampler("beam")
   with pytest.raises(TypeError, match="Transformer"):
     model_fns(nnx.graphdef(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))
+  model = Transformer(TransformerConfig(vocab_size=8, num_layers=3, d_model=8, num_heads=2,
+                                        d_ff=8, max_seq_len=12), rngs=nnx.Rngs(0))
+  for graph in (True, False):  # graph-mode and tree-mode graphdefs
+    fns = model_fns(nnx.split(model, graph=graph)[0])
+    assert fns.max_seq_len == 12
+    cache = fns.init_cache(2, 5)
+    assert [x.shape for x in cache["k"]] == [(2, 5, 2, 4)] * 3
   fns, params = constant_fns(np.zeros(8), expect_time=False)
   with pytest.raises(ValueError, match="debug=True"):
     md4.sample(fns, params, jnp.zeros((1, 2), jnp.int32), jax.random.key(0), seq_len=4,

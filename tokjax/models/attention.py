@@ -15,7 +15,8 @@ ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021, "RoFormer", Eq. 34).
+  """Rotary position embedding (Su et al. 2021, "RoFormer: Enhanced Transformer
+  with Rotary Position Embedding").
 
   Rotates the pairs (x[..., i], x[..., i + kv/2]) by the angle
   position * base^(-2i / kv) (the GPT-NeoX "rotate half" layout).

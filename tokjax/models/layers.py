@@ -87,7 +87,8 @@ class TimeEmbedding(nnx.Module):
 
   The result, float[batch, embed], is added to every token embedding (the
   time-embedding MLP of DDPM / DiT, Ho et al. 2020; Peebles & Xie 2023).
-  The hidden width is d_ff, named 'mlp'.
+  The d_model sinusoid features reuse the axis name 'embed'; the hidden
+  width is d_ff, named 'mlp'.
   """
 
   def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tokjax.models.attention import Attention, attention_mask, cache_mask
-from tokjax.models.layers import Mlp, RMSNorm, TimeEmbedding, fan_in_init, param
+from tokjax.models.attention import attention_mask
+from tokjax.models.block import Block
+from tokjax.models.layers import RMSNorm, TimeEmbedding, fan_in_init, param
 
 DTYPES = ("float32", "bfloat16")
 
@@ -61,9 +62,10 @@ class TransformerConfig:
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "pick num_heads dividing d_model."
       )
-    if (self.d_model // self.num_heads) % 2:
+    if self.head_dim % 2:
       raise ValueError(
-          f"head_dim = d_model / num_heads = {self.d_model // self.num_heads} must be even for RoPE."
+          f"head_dim = d_model / num_heads = {self.head_dim} must be even for RoPE; "
+          "change d_model or num_heads."
       )
     if self.dtype not in DTYPES:
       raise ValueError(f"Unknown dtype {self.dtype!r}; use one of {DTYPES}.")
@@ -71,43 +73,6 @@ class TransformerConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
-
-
-class Block(nnx.Module):
-  """One pre-norm transformer block."""
-
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.attn_norm = RMSNorm(config.d_model, rngs=rngs)
-    self.attn = Attention(config.d_model, config.num_heads, config.rope_base, rngs=rngs)
-    self.mlp_norm = RMSNorm(config.d_model, rngs=rngs)
-    self.mlp = Mlp(config.d_model, config.d_ff, rngs=rngs)
-
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-    """x: float[batch, seq_len, embed] -> same; mask as in `Attention.attend`."""
-    q, k, v = self.attn.qkv(self.attn_norm(x), positions)
-    x = x + self.attn.attend(q, k, v, mask)
-    return x + self.mlp(self.mlp_norm(x))
-
-  def decode(self, x, positions, cache_k, cache_v, layer):
-    """Block step that writes this layer's keys/values into the KV cache.
-
-    Args:
-      x: float[batch, q_len, embed] hidden states of the new tokens.
-      positions: int32[batch, q_len], contiguous, same start in every row.
-      cache_k, cache_v: float[layers, batch, cache_len, heads, kv].
-      layer: index of this block in the cache.
-
-    Returns:
-      (x, cache_k, cache_v) with x float[batch, q_len, embed].
-    """
-    q, k, v = self.attn.qkv(self.attn_norm(x), positions)
-    zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
-    start = (zero + layer, zero, positions[0, 0].astype(jnp.int32), zero, zero)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-    mask = cache_mask(positions, cache_k.shape[2])
-    x = x + self.attn.attend(q, cache_k[layer], cache_v[layer], mask)
-    return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
 
 
 class Transformer(nnx.Module):
@@ -137,8 +102,8 @@ class Transformer(nnx.Module):
 
     Args:
       tokens: int32[batch, seq_len] ids in [0, vocab_size); seq_len <= max_seq_len.
-        Out-of-range ids raise when tokens are concrete; under jit they give
-        NaN logits.
+        Out-of-range ids raise when tokens are concrete; under jit, ids >=
+        vocab_size give NaN logits and negative ids wrap around as in NumPy.
       attention: 'causal' | 'bidirectional' | 'prefix' (see `attention_mask`).
         Masks follow the index order of `tokens`, not `positions`.
       prefix_len: int32[batch], only with attention='prefix'.
@@ -162,16 +127,8 @@ class Transformer(nnx.Module):
       x = block(x, positions, mask)
     return self._logits(x)
 
-  def init_cache(self, batch_size: int, max_len: int) -> dict[str, jax.Array]:
-    """An empty KV cache for `decode`.
-
-    Returns:
-      {'k': zeros[layers, batch_size, max_len, heads, kv], 'v': same}, in the
-      compute dtype. Slot index == token position.
-
-    Raises:
-      ValueError: max_len > max_seq_len.
-    """
+  def init_cache(self, batch_size: int, max_len: int) -> dict[str, tuple[jax.Array, ...]]:
+    """An empty KV cache for `decode`; see the module-level `init_cache`."""
     return init_cache(self.config, batch_size, max_len)
 
   def decode(self, tokens, positions, cache):
@@ -195,13 +152,15 @@ class Transformer(nnx.Module):
     if self.config.time_conditioning:
       raise ValueError("decode() has no time input; use a model with time_conditioning=False.")
     _, q_len = self._check_tokens(tokens)
-    if q_len > cache["k"].shape[2]:
-      raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'].shape[2]}.")
+    if q_len > cache["k"][0].shape[1]:
+      raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'][0].shape[1]}.")
     x = self._embed(tokens, None)
-    cache_k, cache_v = cache["k"], cache["v"]
-    for layer, block in enumerate(self.blocks):
-      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v, layer)
-    return self._logits(x), {"k": cache_k, "v": cache_v}
+    new_k, new_v = [], []
+    for block, cache_k, cache_v in zip(self.blocks, cache["k"], cache["v"]):
+      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v)
+      new_k.append(cache_k)
+      new_v.append(cache_v)
+    return self._logits(x), {"k": tuple(new_k), "v": tuple(new_v)}
 
   def _check_tokens(self, tokens) -> tuple[int, int]:
     if tokens.ndim != 2:
@@ -240,8 +199,16 @@ class Transformer(nnx.Module):
     return jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)
 
 
-def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict[str, jax.Array]:
-  """Zero KV cache {'k', 'v'}: float[layers, batch_size, max_len, heads, kv] in config.dtype.
+def init_cache(config: TransformerConfig, batch_size: int,
+               max_len: int) -> dict[str, tuple[jax.Array, ...]]:
+  """Zero KV cache for `Transformer.decode`.
+
+  One array per layer (not one stacked array) so that XLA updates each in
+  place and attention reads it without slicing a copy out of a stack.
+
+  Returns:
+    {'k': (float[batch_size, max_len, heads, kv],) * num_layers, 'v': same},
+    in config.dtype. Slot index == token position.
 
   Raises:
     ValueError: max_len > config.max_seq_len.
@@ -251,5 +218,9 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
         f"Cache length {max_len} > max_seq_len={config.max_seq_len}; "
         "shorten generation or raise TransformerConfig.max_seq_len."
     )
-  shape = (config.num_layers, batch_size, max_len, config.num_heads, config.head_dim)
-  return {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+  shape = (batch_size, max_len, config.num_heads, config.head_dim)
+  layers = range(config.num_layers)
+  return {
+      "k": tuple(jnp.zeros(shape, config.dtype) for _ in layers),
+      "v": tuple(jnp.zeros(shape, config.dtype) for _ in layers),
+  }

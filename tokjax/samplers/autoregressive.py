@@ -142,7 +142,7 @@ def make_step(fns: ModelFns, settings: ARSettings, params) -> Callable[[ARState]
         key, logits, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, precision=settings.precision,
     )
-    pass
+    token = jnp.where(state.done, settings.pad_id, token)
     tokens = jax.lax.dynamic_update_slice(
         state.tokens, token[:, None], (jnp.zeros_like(state.pos), state.pos)
     )
@@ -165,8 +165,7 @@ def _next_logits(fns, settings, params, state):
 
 def _positions(batch: int, start, length: int) -> jax.Array:
   """int32[batch, length]: start, start + 1, ... in every row."""
-  row = start + jnp.arange(length, dtype=jnp.int32)
-  return jnp.broadcast_to(row, (batch, length)).astype(jnp.int32)
+  return jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
 
 
 def _validate(fns, prompt, settings) -> None:

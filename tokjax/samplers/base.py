@@ -34,7 +34,7 @@ class ModelFns(NamedTuple):
 
 
 def model_fns(graphdef: nnx.GraphDef) -> ModelFns:
-  """Closures over a `tokjax.models.Transformer` split as `graphdef, params = nnx.split(model)`.
+  """Closures over a Transformer split as `graphdef, params = nnx.split(model)`.
 
   Build it once per model and reuse it: the samplers' compiled programs are
   cached on the identity of these closures.
@@ -57,15 +57,25 @@ def model_fns(graphdef: nnx.GraphDef) -> ModelFns:
 
 
 def _transformer_config(graphdef: nnx.GraphDef) -> TransformerConfig:
-  """The static `config` attribute recorded in a Transformer's graphdef."""
-  for name, attribute in getattr(graphdef, "attributes", ()):
-    value = getattr(attribute, "value", None)
-    if name == "config" and isinstance(value, TransformerConfig):
-      return value
-  raise TypeError(
-      "model_fns expects the graphdef of a tokjax Transformer: "
-      "`graphdef, params = nnx.split(Transformer(config, rngs=...))`."
-  )
+  """The static `config` attribute of the Transformer at the root of `graphdef`.
+
+  Flax 0.12 keeps static attributes in `graphdef.attributes` in graph mode and
+  in the root PyTreeDef's node data in tree mode (`nnx.split(..., graph=False)`).
+  """
+  attributes = getattr(graphdef, "attributes", ())
+  statics = {name: getattr(attr, "value", None) for name, attr in attributes}
+  nodes = getattr(graphdef, "nodes", ())
+  treedef = getattr(nodes[0], "treedef", None) if nodes else None
+  if treedef is not None:
+    _, (_, static_names, static_values) = treedef.node_data()
+    statics.update(zip(static_names, static_values))
+  config = statics.get("config")
+  if not isinstance(config, TransformerConfig):
+    raise TypeError(
+        "model_fns expects the graphdef of a tokjax Transformer: "
+        "`graphdef, params = nnx.split(Transformer(config, rngs=...))`."
+    )
+  return config
 
 
 def run_loop(cond: Callable[[Any], jax.Array], step: Callable[[Any], Any], state: Any, *,

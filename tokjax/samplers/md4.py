@@ -146,8 +146,9 @@ def _denoiser_logits(fns, settings, params, z, t) -> jax.Array:
   """float32[batch, seq_len, vocab] logits of p_theta(x | z_t), MASK at -inf."""
   kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
   logits = fns.forward(params, z, attention="bidirectional", **kwargs)
-  if not 0 <= settings.mask_id < logits.shape[-1]:
-    raise ValueError(f"mask_id={settings.mask_id} is outside the vocabulary [0, {logits.shape[-1]}).")
+  vocab = logits.shape[-1]
+  if not 0 <= settings.mask_id < vocab:
+    raise ValueError(f"mask_id={settings.mask_id} is outside the model's vocabulary [0, {vocab}).")
   return logits.at[..., settings.mask_id].set(-jnp.inf)
 
 
@@ -163,4 +164,6 @@ def _validate(fns, prompt, settings) -> None:
   if settings.num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {settings.num_steps}.")
   if not isinstance(settings.schedule, MaskingSchedule):
-    raise ValueError("schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear').")
+    raise ValueError(
+        "schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear')."
+    )
