@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launches training on every worker of a Cloud TPU VM slice.
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE --config configs/shakespeare.py:size=small,mesh=fsdp \
+#   launch/tpu_vm.sh TPU_NAME ZONE --config configs/shakespeare.py:size=large,mesh=fsdp \
 #       --workdir gs://BUCKET/runs/NAME
 #
 # Every worker runs the same command; jax.distributed.initialize() discovers the

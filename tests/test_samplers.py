@@ -21,9 +21,9 @@ PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
 
 def tiny_model(**overrides):
   kwargs = dict(vocab_size=32, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_seq_len=16)
-  graphdef, params = nnx.split(Transformer(TransformerConfig(**{**kwargs, **overrides}),
-                                           rngs=nnx.Rngs(0)))
-  return model_fns(graphdef), params
+  config = TransformerConfig(**{**kwargs, **overrides})
+  graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+  return model_fns(graphdef, config), params
 
 
 def truncated(probs, keep):
@@ -226,19 +226,16 @@ def test_md4_with_a_real_model_fills_every_mask():
   np.testing.assert_array_equal(out[:, :2], prompt)
 
 
-def test_registry_and_model_fns_errors():
+def test_registry_model_fns_and_debug_errors():
   assert SAMPLERS == {"ar": autoregressive.sample, "md4": md4.sample}
   with pytest.raises(ValueError, match="'ar'"):
     get_sampler("beam")
-  with pytest.raises(TypeError, match="Transformer"):
-    model_fns(nnx.graphdef(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))
-  model = Transformer(TransformerConfig(vocab_size=8, num_layers=3, d_model=8, num_heads=2,
-                                        d_ff=8, max_seq_len=12), rngs=nnx.Rngs(0))
-  for graph in (True, False):  # graph-mode and tree-mode graphdefs
-    fns = model_fns(nnx.split(model, graph=graph)[0])
-    assert fns.max_seq_len == 12
-    cache = fns.init_cache(2, 5)
-    assert [x.shape for x in cache["k"]] == [(2, 5, 2, 4)] * 3
+  config = TransformerConfig(vocab_size=8, num_layers=3, d_model=8, num_heads=2, d_ff=8,
+                             max_seq_len=12)
+  fns = model_fns(nnx.graphdef(Transformer(config, rngs=nnx.Rngs(0))), config)
+  assert fns.max_seq_len == 12
+  cache = fns.init_cache(2, 5)
+  assert [x.shape for x in cache["k"]] == [(2, 5, 2, 4)] * 3
   fns, params = constant_fns(np.zeros(8), expect_time=False)
   with pytest.raises(ValueError, match="debug=True"):
     md4.sample(fns, params, jnp.zeros((1, 2), jnp.int32), jax.random.key(0), seq_len=4,

@@ -43,7 +43,7 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
   kwargs = _sampler_kwargs(exp, name, len(ids))
   prompt_batch = np.tile(ids[None], (num_samples, 1)).astype(np.int32)
   out = get_sampler(name)(
-      model_fns(exp.graphdef), params, prompt_batch, jax.random.key(seed),
+      model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
       precision=exp.config.sampler.precision, **kwargs,
   )
   texts = [tok.decode(row) for row in np.asarray(jax.device_get(out))]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -63,3 +64,36 @@ def flops_per_token(num_params_matmul: int, num_layers: int, d_model: int, seq_l
   over a full (unmasked) T x T attention, forward and backward.
   """
   return 6.0 * num_params_matmul + 12.0 * num_layers * d_model * seq_len
+
+
+class StepLogger:
+  """Collects each step's scalars and writes them one step late.
+
+  `record` keeps device arrays without waiting for them; `flush`, called after
+  the next step is dispatched, fetches and writes them, so the host never
+  blocks on the step in flight. Records for one step merge into one JSON line.
+  """
+
+  def __init__(self, writer: MetricWriter, bar, tokens_per_step: int, start_step: int):
+    self.writer, self.bar, self.tokens_per_step = writer, bar, tokens_per_step
+    self.pending: dict[int, dict] = {}
+    self.tick, self.tick_step = time.perf_counter(), start_step
+
+  def record(self, step: int, scalars: dict) -> None:
+    self.pending.setdefault(step, {}).update(scalars)
+
+  def record_train(self, step: int, metrics: dict) -> None:
+    """Adds train metrics and tokens/s since the last `record_train`."""
+    now = time.perf_counter()
+    rate = (step - self.tick_step) * self.tokens_per_step / max(now - self.tick, 1e-9)
+    self.tick, self.tick_step = now, step
+    self.record(step, dict(metrics, tokens_per_s=rate))
+
+  def flush(self) -> None:
+    for step, scalars in sorted(self.pending.items()):
+      scalars = jax.device_get(scalars)
+      self.writer.write(step, scalars)
+      if "loss" in scalars:
+        self.bar.set_postfix(loss=f"{float(scalars['loss']):.4f}",
+                             tok_s=f"{float(scalars['tokens_per_s']):.0f}")
+    self.pending = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import ml_collections
@@ -21,7 +20,7 @@ from tokjax import evaluation, generation
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
 from tokjax.data import load_split, to_global, train_iterator
 from tokjax.experiment import Experiment
-from tokjax.metrics import MetricWriter, progress_bar
+from tokjax.metrics import MetricWriter, StepLogger, progress_bar
 
 
 def make_train_step(exp: Experiment):
@@ -87,32 +86,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state["step"])
 
   # Phase 6: the loop.
-  writer = MetricWriter(workdir)
   bar = progress_bar(config.num_train_steps, start, config.progress_bar)
-  tokens_per_step = config.batch_size * config.seq_len
-  pending, tick, tick_step = None, time.perf_counter(), start
+  log = StepLogger(MetricWriter(workdir), bar, config.batch_size * config.seq_len, start)
   for step in range(start, config.num_train_steps):
     batch = to_global(next(data_iter), exp.batch_sharding)
     state, metrics = train_step(state, batch)
-    if pending is not None:  # Log the previous step now, so the host never blocks.
-      writer.write(*pending)
-      bar.set_postfix(loss=f"{pending[1]['loss']:.4f}", tok_s=f"{pending[1]['tokens_per_s']:.0f}")
-      pending = None
+    log.flush()  # The previous step's metrics, while this step runs.
     done = step + 1
     bar.update(1)
     if done % config.log_every_steps == 0 or done == config.num_train_steps:
-      now = time.perf_counter()
-      rate = (done - tick_step) * tokens_per_step / (now - tick)
-      tick, tick_step = now, done
-      pending = (done, dict(jax.device_get(metrics), tokens_per_s=rate))
+      log.record_train(done, metrics)
     if done % config.eval_every_steps == 0 and done < config.num_train_steps:
-      r = evaluation.evaluate(exp, eval_step, state["params"], valid_tokens,
-                              max_batches=config.eval_steps, split="validation", seed=config.seed)
-      writer.write(done, {f"eval/{k}": v for k, v in r.items() if isinstance(v, float)})
+      log.record(done, _eval_scalars(evaluation.evaluate(
+          exp, eval_step, state["params"], valid_tokens, max_batches=config.eval_steps,
+          split="validation", seed=config.seed)))
     if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
       ckpt.save(done, state, data_iter, config_dict)
-  if pending is not None:
-    writer.write(*pending)
   bar.close()
   ckpt.wait()
 
@@ -120,13 +109,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final = evaluation.evaluate(exp, eval_step, state["params"], valid_tokens,
                               max_batches=config.final_eval_steps, split="validation",
                               seed=config.seed)
-  writer.write(int(state["step"]), {f"eval/{k}": v for k, v in final.items() if isinstance(v, float)})
+  log.record(int(state["step"]), _eval_scalars(final))
+  log.flush()
   if jax.process_index() == 0:
     print(evaluation.format_report(final))
   write_samples(exp, state["params"], workdir, int(state["step"]))
-  writer.close()
+  log.writer.close()
   ckpt.close()
   return final
+
+
+def _eval_scalars(report: dict) -> dict:
+  return {f"eval/{k}": v for k, v in report.items() if isinstance(v, float)}
 
 
 def write_samples(exp: Experiment, params, workdir: str, step: int,

@@ -33,16 +33,12 @@ class ModelFns(NamedTuple):
   max_seq_len: int | None = None
 
 
-def model_fns(graphdef: nnx.GraphDef) -> ModelFns:
+def model_fns(graphdef: nnx.GraphDef, config: TransformerConfig) -> ModelFns:
   """Closures over a Transformer split as `graphdef, params = nnx.split(model)`.
 
   Build it once per model and reuse it: the samplers' compiled programs are
   cached on the identity of these closures.
-
-  Raises:
-    TypeError: `graphdef` does not come from a tokjax Transformer.
   """
-  config = _transformer_config(graphdef)
 
   def forward(params, tokens, **kwargs):
     return nnx.merge(graphdef, params)(tokens, **kwargs)
@@ -54,28 +50,6 @@ def model_fns(graphdef: nnx.GraphDef) -> ModelFns:
     return init_cache(config, batch_size, max_len)
 
   return ModelFns(forward, decode, new_cache, config.max_seq_len)
-
-
-def _transformer_config(graphdef: nnx.GraphDef) -> TransformerConfig:
-  """The static `config` attribute of the Transformer at the root of `graphdef`.
-
-  Flax 0.12 keeps static attributes in `graphdef.attributes` in graph mode and
-  in the root PyTreeDef's node data in tree mode (`nnx.split(..., graph=False)`).
-  """
-  attributes = getattr(graphdef, "attributes", ())
-  statics = {name: getattr(attr, "value", None) for name, attr in attributes}
-  nodes = getattr(graphdef, "nodes", ())
-  treedef = getattr(nodes[0], "treedef", None) if nodes else None
-  if treedef is not None:
-    _, (_, static_names, static_values) = treedef.node_data()
-    statics.update(zip(static_names, static_values))
-  config = statics.get("config")
-  if not isinstance(config, TransformerConfig):
-    raise TypeError(
-        "model_fns expects the graphdef of a tokjax Transformer: "
-        "`graphdef, params = nnx.split(Transformer(config, rngs=...))`."
-    )
-  return config
 
 
 def run_loop(cond: Callable[[Any], jax.Array], step: Callable[[Any], Any], state: Any, *,
