@@ -8,8 +8,16 @@ Run (the README's first command):
 Variants (comma separated after ':'): objective=causal|md4, mesh=dp|fsdp|fsdp_tp,
 size=quickstart|base|large|tiny. Any key can still be overridden with --config.KEY=VALUE.
 
-Measured on the 2-core CPU (no GPU), size=quickstart, full validation split:
-  MEASUREMENTS_PENDING
+Measured on the 2-core, 24 GiB CPU machine (no GPU), size=quickstart, 1100
+steps of 16 x 128 tokens, from a fresh clone with empty caches (the wall time
+includes downloading and preparing the data, compiling, the final evaluation
+on the whole validation split and sampling); validation = Julius Caesar and
+Twelfth Night, 231 kB:
+  objective=causal: 6 min 59 s, ~5.9k train tokens/s, exact NLL 2.280 bits/byte.
+  objective=md4:    7 min 28 s, ~5.7k train tokens/s, ELBO bound 3.389 +- 0.013
+                    bits/byte (4 time samples per sequence; linear schedule).
+MD4's bound sits well above the causal NLL at this tiny compute budget; the
+gap narrows with longer training (MD4 and MDLM papers).
 """
 from tokjax.config import apply_mesh_preset, base_config, parse_variant
 
