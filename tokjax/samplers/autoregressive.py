@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, check_debug_args, run_loop
-from tokjax.samplers.categorical import precision_scope, sample_categorical
+from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.categorical import sample_categorical
 
 
 @struct.dataclass
@@ -96,11 +96,7 @@ def sample(
   settings = ARSettings(max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
                         precision, use_kv_cache)
   _validate(fns, prompt, settings)
-  check_debug_args(debug, on_step)
-  with precision_scope(precision):
-    if debug:
-      return _generate(fns, settings, params, prompt, rng, debug=True, on_step=on_step)
-    return _generate_jit(fns, settings, params, prompt, rng)
+  return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
 def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
@@ -112,9 +108,6 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
     return (s.pos < total_len) & ~jnp.all(s.done)
 
   return run_loop(cond, step, state, debug=debug, on_step=on_step).tokens
-
-
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1))
 
 
 def init_state(fns: ModelFns, settings: ARSettings, params, prompt, rng) -> ARState:

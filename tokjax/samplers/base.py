@@ -6,6 +6,7 @@ functions of `params` (the model's `nnx.State`) and run their `step` either in
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,6 +14,7 @@ import jax
 from flax import nnx
 
 from tokjax.models.transformer import TransformerConfig, init_cache
+from tokjax.samplers.categorical import precision_scope
 
 
 class ModelFns(NamedTuple):
@@ -69,7 +71,25 @@ def run_loop(cond: Callable[[Any], jax.Array], step: Callable[[Any], Any], state
   return state
 
 
-def check_debug_args(debug: bool, on_step: Callable[[Any], None] | None) -> None:
-  """Raises ValueError if on_step is given without debug=True."""
+def run_sampler(generate: Callable, fns: ModelFns, settings: Any, params: Any, prompt: jax.Array,
+                rng: jax.Array, *, debug: bool, on_step: Callable[[Any], None] | None) -> jax.Array:
+  """Runs `generate(fns, settings, params, prompt, rng, debug=, on_step=)`.
+
+  As one `jax.jit` program (fns and settings static), or with debug=True as a
+  Python loop over the same step; either way under the categorical precision
+  `settings.precision`.
+
+  Raises:
+    ValueError: on_step given without debug=True.
+  """
   if on_step is not None and not debug:
     raise ValueError("on_step is only called in the Python loop: pass debug=True.")
+  with precision_scope(settings.precision):
+    if debug:
+      return generate(fns, settings, params, prompt, rng, debug=True, on_step=on_step)
+    return _jitted(generate)(fns, settings, params, prompt, rng)
+
+
+@functools.cache
+def _jitted(generate: Callable) -> Callable:
+  return jax.jit(generate, static_argnums=(0, 1))

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, check_debug_args, run_loop
-from tokjax.samplers.categorical import precision_scope, sample_categorical
+from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.categorical import sample_categorical
 from tokjax.schedules import MaskingSchedule
 
 
@@ -95,11 +95,7 @@ def sample(
   settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, precision,
                          time_conditioning)
   _validate(fns, prompt, settings)
-  check_debug_args(debug, on_step)
-  with precision_scope(precision):
-    if debug:
-      return _generate(fns, settings, params, prompt, rng, debug=True, on_step=on_step)
-    return _generate_jit(fns, settings, params, prompt, rng)
+  return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
 def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
@@ -110,9 +106,6 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
     return s.step < settings.num_steps
 
   return run_loop(cond, step, state, debug=debug, on_step=on_step).z
-
-
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1))
 
 
 def init_state(settings: MD4Settings, prompt: jax.Array, rng: jax.Array) -> MD4State:
