@@ -110,3 +110,19 @@ def test_stratified_times_cover_unit_interval():
   assert t.min() > 0 and t.max() <= 1
   # One time in each of the 100 strata.
   assert len(np.unique(np.floor(t * 100 - 1e-6))) == 100
+
+
+def test_prefix_lm_scores_only_targets_outside_the_prefix():
+  from tokjax.objectives.prefix_lm import PrefixLM
+  obj = PrefixLM(pad_id=PAD, num_bytes=256)
+  x = _tokens(256, 16)
+  inputs, targets = obj.corrupt(x, jax.random.key(0))
+  p = np.asarray(inputs.prefix_len)
+  assert p.min() >= 1 and p.max() <= 15 and len(np.unique(p)) == 15  # U{1..15}
+  w = np.asarray(targets.weights)
+  for row in range(8):  # NumPy reference: positions n with P - 1 <= n < L - 1.
+    expect = (np.arange(16) >= p[row] - 1) & (np.arange(16) < 15)
+    np.testing.assert_array_equal(w[row], expect)
+  np.testing.assert_array_equal(targets.targets[:, :-1], x[:, 1:])
+  loss, _ = obj.loss(UniformModel(), x, jax.random.key(1))
+  assert float(loss) == pytest.approx(math.log(V), rel=1e-5)

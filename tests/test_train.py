@@ -7,6 +7,7 @@ from tiny import tiny_config
 from tokjax import sharding
 from tokjax.data import load_split, to_global
 from tokjax.experiment import Experiment
+from tokjax.objectives import REGISTRY
 from tokjax.trainer import make_train_step
 
 
@@ -37,6 +38,17 @@ def test_sharded_steps_match_single_device(data_dir):
   np.testing.assert_allclose(results["8"], results["1"], rtol=1e-5)
   np.testing.assert_allclose(results["2x2x2"], results["1"], rtol=1e-5)
   assert results["1"][1] < results["1"][0] + 0.5  # A real update happened and it is sane.
+
+
+@pytest.mark.parametrize("objective", sorted(set(REGISTRY) - {"causal"}))
+def test_each_objective_steps_on_the_2x2x2_mesh(data_dir, objective):
+  single = tiny_config(data_dir, objective=objective)
+  single.mesh.shape = (1,)
+  sharded = tiny_config(data_dir, objective=objective, mesh="fsdp_tp")
+  sharded.mesh.shape = (2, 2, 2)
+  reference = _two_step_losses(single)
+  assert np.isfinite(reference).all()
+  np.testing.assert_allclose(_two_step_losses(sharded), reference, rtol=1e-5)
 
 
 def test_fsdp_tp_really_shards_parameters(data_dir):

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = "causal"
   c.causal = ml_collections.ConfigDict()
+  c.prefix_lm = ml_collections.ConfigDict()
   c.md4 = dict(noise_schedule="linear", antithetic=True, time_conditioning=False, eval_samples=4)
   c.model = dict(num_layers=6, d_model=256, num_heads=4, d_ff=1024, dtype="float32")
   c.data = default_data_config()

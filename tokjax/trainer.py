@@ -127,6 +127,9 @@ def write_samples(exp: Experiment, params, workdir: str, step: int,
                   filename: str = "samples.json") -> list[str]:
   """Prints samples from the config's sampler and writes them to WORKDIR/filename."""
   s = exp.config.sampler
+  if not generation.sampler_name(exp):
+    print(f"No sampler for objective {exp.objective.name!r} yet; set --config.sampler.name.")
+    return []
   texts, record = generation.generate(
       exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed
   )

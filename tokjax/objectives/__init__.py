@@ -7,8 +7,9 @@ from __future__ import annotations
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.md4 import MD4
+from tokjax.objectives.prefix_lm import PrefixLM
 
-REGISTRY: dict[str, type[Objective]] = {"causal": Causal, "md4": MD4}
+REGISTRY: dict[str, type[Objective]] = {"causal": Causal, "md4": MD4, "prefix_lm": PrefixLM}
 
 
 def make_objective(config, tokenizer) -> Objective:
