@@ -30,10 +30,10 @@ def make_train_step(exp: Experiment):
   exactly what an uninterrupted one would.
   """
   objective, schedule = exp.objective, exp.lr_schedule
-  base_rng = exp.config.seed
+  seed = exp.config.seed
 
   def step(state, batch):
-    rng = jax.random.fold_in(jax.random.key(base_rng), state["step"])
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
 
     def loss_fn(params):
       return objective.loss(exp.model(params), batch, rng)
