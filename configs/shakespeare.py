@@ -5,7 +5,7 @@ Run (the README's first command):
   python -m tokjax.train --config configs/shakespeare.py --workdir /tmp/tokjax/causal
   python -m tokjax.train --config configs/shakespeare.py:objective=md4 --workdir /tmp/tokjax/md4
 
-Variants (comma separated after ':'): objective=causal|md4, mesh=dp|fsdp|fsdp_tp,
+Variants (comma separated after ':'): objective=causal|md4|mlm|prefix_lm, mesh=dp|fsdp|fsdp_tp,
 size=quickstart|base|large|tiny. Any key can still be overridden with --config.KEY=VALUE.
 
 Measured on the 2-core, 24 GiB CPU machine (no GPU), size=quickstart, 1100

@@ -101,3 +101,12 @@ def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert "different config" in out.stderr and "d_model" in out.stderr
+
+
+@pytest.mark.parametrize("objective, kind", [("mlm", "pseudo_likelihood"), ("prefix_lm", "exact")])
+def test_objectives_without_sampler_train_and_evaluate(tmp_path, data_dir, objective, kind):
+  workdir = str(tmp_path / objective)
+  stdout = _cli("train", f"--workdir={workdir}", *cli_flags(data_dir, objective))
+  assert f"{objective}: {kind}" in stdout and "No sampler" in stdout
+  _cli("evaluate", f"--workdir={workdir}")
+  assert json.load(open(os.path.join(workdir, "eval_validation.json")))["kind"] == kind

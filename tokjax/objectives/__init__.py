@@ -7,9 +7,12 @@ from __future__ import annotations
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.md4 import MD4
+from tokjax.objectives.mlm import MLM
 from tokjax.objectives.prefix_lm import PrefixLM
 
-REGISTRY: dict[str, type[Objective]] = {"causal": Causal, "md4": MD4, "prefix_lm": PrefixLM}
+REGISTRY: dict[str, type[Objective]] = {
+    "causal": Causal, "md4": MD4, "mlm": MLM, "prefix_lm": PrefixLM,
+}
 
 
 def make_objective(config, tokenizer) -> Objective:
