@@ -13,7 +13,7 @@ import ml_collections
 
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
-from tokjax.objectives import REGISTRY
+from tokjax.objectives import objective_class
 from tokjax.schedules import get_schedule
 
 SAMPLERS = ("ar", "md4")
@@ -96,11 +96,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: unknown objective/sampler/schedule, or impossible sizes.
   """
-  if config.objective not in REGISTRY:
-    raise ValueError(
-        f"Unknown objective {config.objective!r}. Registered: {', '.join(REGISTRY)}."
-        " Use configs/shakespeare.py:objective=NAME."
-    )
+  objective_class(config)  # Raises on an unknown name.
   if config.sampler.name and config.sampler.name not in SAMPLERS:
     raise ValueError(f"Unknown sampler {config.sampler.name!r}; use one of {SAMPLERS}.")
   get_schedule(config.md4.noise_schedule)

@@ -17,7 +17,7 @@ from tokjax import sharding
 from tokjax.config import validate
 from tokjax.data import ByteTokenizer
 from tokjax.models import Transformer, TransformerConfig
-from tokjax.objectives import Objective, make_objective
+from tokjax.objectives import Objective, make_objective, make_tokenizer
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -63,7 +63,7 @@ class Experiment:
   @classmethod
   def create(cls, config: ml_collections.ConfigDict) -> "Experiment":
     validate(config)
-    tokenizer = ByteTokenizer()
+    tokenizer = make_tokenizer(config)
     objective = make_objective(config, tokenizer)
     mesh = sharding.make_mesh(config.mesh.shape, tuple(config.mesh.axes))
     rules = tuple(config.logical_axis_rules)

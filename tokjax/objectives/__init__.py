@@ -4,6 +4,7 @@ Adding an objective means one new file and one entry in `REGISTRY`.
 """
 from __future__ import annotations
 
+from tokjax.data import ByteTokenizer
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.md4 import MD4
@@ -15,19 +16,34 @@ REGISTRY: dict[str, type[Objective]] = {
 }
 
 
+def objective_class(config) -> type[Objective]:
+  """The registered class of `config.objective`.
+
+  Raises:
+    ValueError: an unknown objective name, listing the registered ones.
+  """
+  if config.objective not in REGISTRY:
+    raise ValueError(
+        f"Unknown objective {config.objective!r}. Registered objectives: "
+        f"{', '.join(REGISTRY)}. Pick one with configs/shakespeare.py:objective=NAME."
+    )
+  return REGISTRY[config.objective]
+
+
+def make_tokenizer(config) -> ByteTokenizer:
+  """The byte tokenizer plus the special tokens (e.g. sentinels) the objective needs."""
+  cls = objective_class(config)
+  return ByteTokenizer(cls.extra_special_tokens(config.get(config.objective)))
+
+
 def make_objective(config, tokenizer) -> Objective:
   """Builds `config.objective`, reading its settings from `config.<objective>`.
 
   Raises:
     ValueError: an unknown objective name, listing the registered ones.
   """
-  name = config.objective
-  if name not in REGISTRY:
-    raise ValueError(
-        f"Unknown objective {name!r}. Registered objectives: {', '.join(REGISTRY)}."
-        " Pick one with configs/shakespeare.py:objective=NAME."
-    )
-  return REGISTRY[name].from_config(config.get(name), tokenizer)
+  return objective_class(config).from_config(config.get(config.objective), tokenizer)
 
 
-__all__ = ["ModelInputs", "Objective", "Targets", "REGISTRY", "make_objective"]
+__all__ = ["ModelInputs", "Objective", "Targets", "REGISTRY", "make_objective",
+           "make_tokenizer", "objective_class"]

@@ -69,6 +69,12 @@ class Objective:
   eval_samples: int = dataclasses.field(default=1, init=False)
 
   @classmethod
+  def extra_special_tokens(cls, config) -> tuple[str, ...]:
+    """Named special tokens (e.g. sentinels) this objective adds to the tokenizer."""
+    del config
+    return ()
+
+  @classmethod
   def from_config(cls, config, tokenizer) -> "Objective":
     """Builds the objective from its own config section (`config.<name>`)."""
     del config  # No settings of its own.
