@@ -103,10 +103,13 @@ def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
   assert "different config" in out.stderr and "d_model" in out.stderr
 
 
-@pytest.mark.parametrize("objective, kind", [("mlm", "pseudo_likelihood"), ("prefix_lm", "exact")])
-def test_objectives_without_sampler_train_and_evaluate(tmp_path, data_dir, objective, kind):
+@pytest.mark.parametrize("objective, kind, sampler", [
+    ("mlm", "pseudo_likelihood", None), ("maskgit", "pseudo_likelihood", None),
+    ("prefix_lm", "exact", None), ("meap", "exact", "ar")])
+def test_more_objectives_train_and_evaluate(tmp_path, data_dir, objective, kind, sampler):
   workdir = str(tmp_path / objective)
   stdout = _cli("train", f"--workdir={workdir}", *cli_flags(data_dir, objective))
-  assert f"{objective}: {kind}" in stdout and "No sampler" in stdout
+  assert f"{objective}: {kind}" in stdout
+  assert (f"({sampler}, precision=" in stdout) if sampler else ("No sampler" in stdout)
   _cli("evaluate", f"--workdir={workdir}")
   assert json.load(open(os.path.join(workdir, "eval_validation.json")))["kind"] == kind

@@ -126,3 +126,37 @@ def test_prefix_lm_scores_only_targets_outside_the_prefix():
   np.testing.assert_array_equal(targets.targets[:, :-1], x[:, 1:])
   loss, _ = obj.loss(UniformModel(), x, jax.random.key(1))
   assert float(loss) == pytest.approx(math.log(V), rel=1e-5)
+
+
+def test_meap_masks_inputs_but_scores_clean_next_tokens():
+  from tokjax.objectives.meap import MEAP
+  obj = MEAP(pad_id=PAD, num_bytes=256, mask_id=MASK, mask_ratio=0.15)
+  x = jnp.concatenate([_tokens(256, 60), jnp.full((256, 4), PAD)], axis=1)
+  inputs, targets = obj.corrupt(x, jax.random.key(0))
+  masked = np.asarray(inputs.tokens == MASK)
+  n = int((x != PAD).sum())
+  assert abs(masked.sum() / n - 0.15) < 5 * math.sqrt(0.15 * 0.85 / n)
+  assert not masked[:, 60:].any()
+  np.testing.assert_array_equal(np.asarray(inputs.tokens)[~masked], np.asarray(x)[~masked])
+  np.testing.assert_array_equal(targets.targets[:, :-1], x[:, 1:])  # Clean targets.
+  clean_inputs, _ = obj.corrupt_eval(x, jax.random.key(0))  # Evaluation sees no MASK.
+  np.testing.assert_array_equal(clean_inputs.tokens, x)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_maskgit_masks_exactly_the_scheduled_count(schedule):
+  from tokjax.objectives.maskgit import MaskGIT
+  obj = MaskGIT(pad_id=PAD, num_bytes=256, mask_id=MASK, noise_schedule=get_schedule(schedule))
+  x = jnp.concatenate([_tokens(512, 24), jnp.full((512, 8), PAD)], axis=1)
+  inputs, targets = obj.corrupt(x, jax.random.key(0))
+  counts = np.asarray((inputs.tokens == MASK).sum(-1))
+  assert not np.asarray(inputs.tokens[:, 24:] == MASK).any()
+  np.testing.assert_array_equal(np.asarray(targets.weights).sum(-1), counts)
+  # counts = ceil(gamma(r) * 24) with r ~ U(0, 1): P(count <= k) = P(gamma(r) <= k / 24).
+  gamma_inv = {"cosine": lambda g: 2 / math.pi * np.arccos(g), "linear": lambda g: 1 - g}[schedule]
+  for k in (6, 12, 18):
+    expected = 1 - gamma_inv(k / 24)  # P(r >= gamma^-1(k/24)).
+    assert abs((counts <= k).mean() - expected) < 5 * math.sqrt(expected * (1 - expected) / 512)
+  assert counts.min() >= 1 and counts.max() <= 24
+  nats = obj.token_nats(jnp.zeros(x.shape + (V,)), targets)
+  assert float(nats.sum() / targets.weights.sum()) == pytest.approx(math.log(V - 2), rel=1e-5)

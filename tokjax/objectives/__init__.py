@@ -7,12 +7,15 @@ from __future__ import annotations
 from tokjax.data import ByteTokenizer
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
+from tokjax.objectives.maskgit import MaskGIT
 from tokjax.objectives.md4 import MD4
+from tokjax.objectives.meap import MEAP
 from tokjax.objectives.mlm import MLM
 from tokjax.objectives.prefix_lm import PrefixLM
 
 REGISTRY: dict[str, type[Objective]] = {
-    "causal": Causal, "md4": MD4, "mlm": MLM, "prefix_lm": PrefixLM,
+    "causal": Causal, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP, "mlm": MLM,
+    "prefix_lm": PrefixLM,
 }
 
 

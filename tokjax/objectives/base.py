@@ -19,6 +19,11 @@ ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 LIKELIHOOD_KINDS = ("exact", "elbo_upper_bound", "pseudo_likelihood", "none")
 
 
+def forbid_ids(logits: jax.Array, *ids: int) -> jax.Array:
+  """Gives token `ids` probability 0: their logits become -inf."""
+  return logits.at[..., jnp.asarray(ids)].set(-jnp.inf)
+
+
 @flax.struct.dataclass
 class ModelInputs:
   """What the backbone sees.
@@ -99,9 +104,14 @@ class Objective:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets.targets)
     return jnp.where(targets.weights > 0, ce * targets.weights, 0.0)
 
-  def forward(self, model: Any, tokens: jax.Array, rng: jax.Array):
+  def corrupt_eval(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    """The corruption scored by `likelihood`; the training one unless overridden."""
+    return self.corrupt(tokens, rng)
+
+  def forward(self, model: Any, tokens: jax.Array, rng: jax.Array, *, evaluation: bool = False):
     """Corrupts `tokens`, runs `model`, returns (nats float32[batch, seq_len], Targets)."""
-    inputs, targets = self.corrupt(tokens, rng)
+    corrupt = self.corrupt_eval if evaluation else self.corrupt
+    inputs, targets = corrupt(tokens, rng)
     logits = model(
         inputs.tokens,
         attention=self.attention,
@@ -123,7 +133,7 @@ class Objective:
     Returns a dict of float32[batch]: `nats` (negative log-likelihood, or its
     bound, in nats), `tokens` (scored tokens) and `bytes` (scored byte tokens).
     """
-    nats, targets = self.forward(model, tokens, rng)
+    nats, targets = self.forward(model, tokens, rng, evaluation=True)
     is_byte = (targets.targets < self.num_bytes) & (targets.valid > 0)
     return {
         "nats": nats.sum(-1),

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 
@@ -95,4 +95,4 @@ class MD4(Objective):
     return ModelInputs(z_t, time=time), Targets(tokens, weights, valid.astype(jnp.float32))
 
   def mask_logits(self, logits: jax.Array) -> jax.Array:
-    return logits.at[..., self.mask_id].set(-jnp.inf)
+    return forbid_ids(logits, self.mask_id)

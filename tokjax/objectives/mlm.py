@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax import masking
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,4 +111,4 @@ class MLM(Objective):
 
   def mask_logits(self, logits: jax.Array) -> jax.Array:
     """MASK and PAD get probability 0: predictions are over the real tokens."""
-    return logits.at[..., jnp.asarray([self.mask_id, self.pad_id])].set(-jnp.inf)
+    return forbid_ids(logits, self.mask_id, self.pad_id)
