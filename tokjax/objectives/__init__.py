@@ -7,15 +7,18 @@ from __future__ import annotations
 from tokjax.data import ByteTokenizer
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
+from tokjax.objectives.cm3 import CM3
+from tokjax.objectives.fim import FIM
 from tokjax.objectives.maskgit import MaskGIT
 from tokjax.objectives.md4 import MD4
 from tokjax.objectives.meap import MEAP
 from tokjax.objectives.mlm import MLM
 from tokjax.objectives.prefix_lm import PrefixLM
+from tokjax.objectives.span_corruption import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
-    "causal": Causal, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP, "mlm": MLM,
-    "prefix_lm": PrefixLM,
+    "causal": Causal, "cm3": CM3, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
+    "mlm": MLM, "prefix_lm": PrefixLM, "span_corruption": SpanCorruption,
 }
 
 
