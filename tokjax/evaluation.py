@@ -19,8 +19,9 @@ def make_eval_step(exp):
   """Jitted (params, batch int32[batch, seq_len], rng) -> dict of float32 scalars.
 
   Each sequence is scored `exp.objective.eval_samples` times with independent
-  randomness. Returned sums: `nats` (of per-sequence means), `var` (sum over
-  sequences of the variance of that mean), `tokens` and `bytes`.
+  randomness. Returned sums over the batch: `nats` (of per-sequence means over
+  the draws), `var` (of the variance of those means), and every other entry of
+  `objective.likelihood` from its first draw (`tokens`, `bytes`, ...).
   """
   objective = exp.objective
   num = objective.eval_samples
@@ -30,12 +31,8 @@ def make_eval_step(exp):
     draws = jax.lax.map(lambda r: objective.likelihood(model, batch, r), jax.random.split(rng, num))
     nats = draws["nats"]  # [samples, batch]
     var = nats.var(0, ddof=1) / num if num > 1 else jnp.zeros_like(nats[0])
-    return {
-        "nats": nats.mean(0).sum(),
-        "var": var.sum(),
-        "tokens": draws["tokens"][0].sum(),
-        "bytes": draws["bytes"][0].sum(),
-    }
+    sums = {k: v[0].sum(0) for k, v in draws.items()}
+    return dict(sums, nats=nats.mean(0).sum(), var=var.sum())
 
   params_sharding = exp.state_shardings["params"]
   return jax.jit(step, in_shardings=(params_sharding, exp.batch_sharding, None))
@@ -63,30 +60,37 @@ def evaluate(exp, eval_step, params, tokens: np.ndarray, *, max_batches: int, sp
       break
     out = eval_step(params, to_global(batch, exp.batch_sharding), jax.random.fold_in(rng, i))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.tree.map(float, jax.device_get(totals))
-  return report(exp.objective, split, totals)
+  return report(exp.objective, split, jax.tree.map(np.asarray, jax.device_get(totals)))
 
 
 def report(objective, split: str, totals: dict) -> dict:
-  """Turns summed nats/tokens/bytes into the labelled likelihood report."""
-  tokens, nbytes = max(totals["tokens"], 1.0), max(totals["bytes"], 1.0)
+  """Turns summed nats/tokens/bytes into the labelled likelihood report.
+
+  An objective whose kind is 'none' reports no likelihood, only its own
+  figures from `objective.eval_report(totals)`.
+  """
+  tokens, nbytes = max(float(totals["tokens"]), 1.0), max(float(totals["bytes"]), 1.0)
   out = {
       "split": split,
       "objective": objective.name,
       "kind": objective.likelihood_kind,
-      "nats_per_token": totals["nats"] / tokens,
-      "bits_per_byte": totals["nats"] / (math.log(2) * nbytes),
       "tokens": int(totals["tokens"]),
       "bytes": int(totals["bytes"]),
   }
+  if objective.likelihood_kind != "none":
+    out["nats_per_token"] = float(totals["nats"]) / tokens
+    out["bits_per_byte"] = float(totals["nats"]) / (math.log(2) * nbytes)
   if objective.likelihood_kind == "elbo_upper_bound":
     out["num_time_samples"] = objective.eval_samples
-    out["bits_per_byte_stderr"] = math.sqrt(totals["var"]) / (math.log(2) * nbytes)
-  return out
+    out["bits_per_byte_stderr"] = math.sqrt(float(totals["var"])) / (math.log(2) * nbytes)
+  return dict(out, **objective.eval_report(totals))
 
 
 def format_report(r: dict) -> str:
   """One human-readable line, labelled with the figure's kind."""
+  if r["kind"] == "none":
+    extra = ", ".join(f"{k} = {v:.4f}" for k, v in r.items() if isinstance(v, float))
+    return f"[{r['split']}] {r['objective']}: no likelihood; {extra} over {r['tokens']} tokens"
   line = (
       f"[{r['split']}] {r['objective']}: {r['kind']} = {r['nats_per_token']:.4f} nats/token, "
       f"{r['bits_per_byte']:.4f} bits/byte"

@@ -16,7 +16,7 @@ from flax import nnx
 from tokjax import sharding
 from tokjax.config import validate
 from tokjax.data import ByteTokenizer
-from tokjax.models import Transformer, TransformerConfig
+from tokjax.models import TransformerConfig
 from tokjax.objectives import Objective, make_objective, make_tokenizer
 
 
@@ -74,8 +74,8 @@ class Experiment:
         **config.model,
     )
     optimizer, lr_schedule = make_optimizer(config)
-    init = _init_fn(model_config, optimizer, config.seed)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))))
+    init = _init_fn(objective, model_config, optimizer, config.seed)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build_model(model_config, nnx.Rngs(0))))
     abstract_state = jax.eval_shape(init)
     param_shardings = sharding.state_shardings(abstract_state["params"], mesh, rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
@@ -100,17 +100,17 @@ class Experiment:
 
   def init_state(self) -> dict:
     """Initialises the train state directly into its shardings (no host copy)."""
-    init = _init_fn(self.model_config, self.optimizer, self.config.seed)
+    init = _init_fn(self.objective, self.model_config, self.optimizer, self.config.seed)
     return jax.jit(init, out_shardings=self.state_shardings)()
 
-  def model(self, params) -> Transformer:
-    """The backbone bound to `params` (call inside jit)."""
+  def model(self, params) -> nnx.Module:
+    """The objective's model (the backbone, or modules around it) bound to `params`."""
     return nnx.merge(self.graphdef, params)
 
 
-def _init_fn(model_config, optimizer, seed):
+def _init_fn(objective, model_config, optimizer, seed):
   def init():
-    params = nnx.state(Transformer(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
+    params = nnx.state(objective.build_model(model_config, nnx.Rngs(seed)), nnx.Param)
     return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
             "opt_state": optimizer.init(params)}
   return init

@@ -14,6 +14,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+
+from tokjax.models import Transformer, TransformerConfig
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 LIKELIHOOD_KINDS = ("exact", "elbo_upper_bound", "pseudo_likelihood", "none")
@@ -84,6 +87,15 @@ class Objective:
     """Builds the objective from its own config section (`config.<name>`)."""
     del config  # No settings of its own.
     return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes)
+
+  def eval_report(self, totals: dict) -> dict:
+    """Extra report entries from the evaluation sums (e.g. accuracy, AUC)."""
+    del totals
+    return {}
+
+  def build_model(self, model_config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The module this objective trains: by default the shared backbone."""
+    return Transformer(model_config, rngs=rngs)
 
   @property
   def uses_time(self) -> bool:
