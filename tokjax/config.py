@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.maskgit = dict(noise_schedule="cosine")
   c.fim = dict(fim_rate=0.5, fim_spm_rate=0.5)
   c.cm3 = dict(max_spans=3)
+  c.mixture = dict(objectives=("mlm", "maskgit"), weights=(1.0, 1.0))
   c.span_corruption = dict(noise_density=0.15, mean_noise_span_length=3.0, num_sentinels=32)
   c.mlm = dict(mask_ratio=0.15, masking_policy="token", replace_mask=0.8,
                replace_random=0.1, span_p=0.2, max_span=10, max_ngram=3)

@@ -12,13 +12,14 @@ from tokjax.objectives.fim import FIM
 from tokjax.objectives.maskgit import MaskGIT
 from tokjax.objectives.md4 import MD4
 from tokjax.objectives.meap import MEAP
+from tokjax.objectives.mixture import Mixture
 from tokjax.objectives.mlm import MLM
 from tokjax.objectives.prefix_lm import PrefixLM
 from tokjax.objectives.span_corruption import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
     "causal": Causal, "cm3": CM3, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
-    "mlm": MLM, "prefix_lm": PrefixLM, "span_corruption": SpanCorruption,
+    "mixture": Mixture, "mlm": MLM, "prefix_lm": PrefixLM, "span_corruption": SpanCorruption,
 }
 
 
@@ -39,7 +40,7 @@ def objective_class(config) -> type[Objective]:
 def make_tokenizer(config) -> ByteTokenizer:
   """The byte tokenizer plus the special tokens (e.g. sentinels) the objective needs."""
   cls = objective_class(config)
-  return ByteTokenizer(cls.extra_special_tokens(config.get(config.objective)))
+  return ByteTokenizer(cls.extra_special_tokens(_section(cls, config)))
 
 
 def make_objective(config, tokenizer) -> Objective:
@@ -48,7 +49,13 @@ def make_objective(config, tokenizer) -> Objective:
   Raises:
     ValueError: an unknown objective name, listing the registered ones.
   """
-  return objective_class(config).from_config(config.get(config.objective), tokenizer)
+  cls = objective_class(config)
+  return cls.from_config(_section(cls, config), tokenizer)
+
+
+def _section(cls: type[Objective], config):
+  """An objective's own config section; a composite one reads the whole config."""
+  return config if getattr(cls, "composite", False) else config.get(config.objective)
 
 
 __all__ = ["ModelInputs", "Objective", "Targets", "REGISTRY", "make_objective",

@@ -1,0 +1,95 @@
+"""A mixture of objectives, one drawn per batch (TokenUnify-style).
+
+"TokenUnify: Scalable Autoregressive Visual Pre-training with Mixture Token
+Prediction" (Chen et al., 2024), Sec. 3: several token-prediction tasks train
+one network, here by drawing one objective per batch with the configured
+weights. The components must share an attention mode and a time input, so
+one backbone call serves every branch. Evaluation reports the first
+component's figure (and kind).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from tokjax.objectives.base import ModelInputs, Objective, Targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture(Objective):
+  """Draws component k with probability weights[k] / sum(weights) per batch.
+
+  Attributes:
+    components: the objectives to mix; the first one is evaluated.
+    weights: one positive weight per component.
+  """
+
+  components: tuple[Objective, ...] = ()
+  weights: tuple[float, ...] = ()
+
+  name: str = dataclasses.field(default="mixture", init=False)
+  # from_config and extra_special_tokens receive the whole experiment config.
+  composite: ClassVar[bool] = True
+
+  def __post_init__(self):
+    if not self.components or len(self.weights) != len(self.components):
+      raise ValueError("mixture.objectives and mixture.weights must be non-empty and of equal "
+                       "length, e.g. objectives=('mlm', 'maskgit'), weights=(1.0, 1.0).")
+    if min(self.weights) <= 0:
+      raise ValueError(f"mixture.weights must be positive, got {self.weights}.")
+    first = self.components[0]
+    for c in self.components:
+      if c.attention != first.attention or c.uses_time != first.uses_time:
+        raise ValueError(
+            f"Cannot mix {first.name!r} ({first.attention} attention) with {c.name!r} "
+            f"({c.attention} attention): mixture components must share an attention mode "
+            "and time conditioning.")
+      if type(c).build_model is not Objective.build_model or getattr(c, "composite", False):
+        raise ValueError(f"{c.name!r} trains its own model; it cannot be mixed.")
+    for field in ("attention", "likelihood_kind", "default_sampler", "eval_samples"):
+      object.__setattr__(self, field, getattr(first, field))
+
+  @classmethod
+  def extra_special_tokens(cls, config) -> tuple[str, ...]:
+    names = []
+    for c in _component_classes(config):
+      names += [n for n in c.extra_special_tokens(config.get(c.name)) if n not in names]
+    return tuple(names)
+
+  @classmethod
+  def from_config(cls, config, tokenizer) -> "Mixture":
+    components = tuple(c.from_config(config.get(c.name), tokenizer)
+                       for c in _component_classes(config))
+    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
+               components=components, weights=tuple(config.mixture.weights))
+
+  @property
+  def uses_time(self) -> bool:
+    return self.components[0].uses_time
+
+  def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    return self.components[0].corrupt(tokens, rng)
+
+  def loss(self, model: Any, tokens: jax.Array, rng: jax.Array):
+    """The drawn component's loss; metrics add `objective_index`."""
+    pick_rng, rng = jax.random.split(rng)
+    index = jax.random.categorical(pick_rng, jnp.log(jnp.asarray(self.weights)))
+    branches = [lambda c=c: c.loss(model, tokens, rng)[0] for c in self.components]
+    loss = jax.lax.switch(index, branches)
+    return loss, {"loss": loss, "objective_index": index}
+
+  def likelihood(self, model: Any, tokens: jax.Array, rng: jax.Array):
+    return self.components[0].likelihood(model, tokens, rng)
+
+
+def _component_classes(config) -> list[type[Objective]]:
+  from tokjax.objectives import REGISTRY  # The registry imports this module.
+  names = tuple(config.mixture.objectives)
+  unknown = [n for n in names if n not in REGISTRY or n == "mixture"]
+  if unknown:
+    raise ValueError(f"mixture.objectives has unknown or nested entries {unknown}; "
+                     f"use names from {sorted(set(REGISTRY) - {'mixture'})}.")
+  return [REGISTRY[n] for n in names]
