@@ -118,6 +118,18 @@ class Transformer(nnx.Module):
       ValueError: seq_len > max_seq_len, bad token ids, an unknown attention
         mode, or time given without time_conditioning (or missing with it).
     """
+    return self.logits_from_hidden(self.hidden(
+        tokens, attention=attention, prefix_len=prefix_len, time=time, positions=positions))
+
+  def hidden(self, tokens, *, attention="causal", prefix_len=None, time=None, positions=None):
+    """The last block's output, before `final_norm` and the head (arguments as `__call__`).
+
+    Returns:
+      float[batch, seq_len, embed] in config.dtype.
+
+    Raises:
+      ValueError: as `__call__`.
+    """
     batch, seq_len = self._check_tokens(tokens)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
@@ -125,7 +137,7 @@ class Transformer(nnx.Module):
     x = self._embed(tokens, time)
     for block in self.blocks:
       x = block(x, positions, mask)
-    return self._logits(x)
+    return x
 
   def init_cache(self, batch_size: int, max_len: int) -> dict[str, tuple[jax.Array, ...]]:
     """An empty KV cache for `decode`; see the module-level `init_cache`."""
@@ -160,7 +172,7 @@ class Transformer(nnx.Module):
       x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v)
       new_k.append(cache_k)
       new_v.append(cache_v)
-    return self._logits(x), {"k": tuple(new_k), "v": tuple(new_v)}
+    return self.logits_from_hidden(x), {"k": tuple(new_k), "v": tuple(new_v)}
 
   def _check_tokens(self, tokens) -> tuple[int, int]:
     if tokens.ndim != 2:
@@ -193,7 +205,7 @@ class Transformer(nnx.Module):
       x = x + self.time_embed(jnp.asarray(time, jnp.float32))[:, None, :]
     return x.astype(self.config.dtype)
 
-  def _logits(self, x) -> jax.Array:
+  def logits_from_hidden(self, x) -> jax.Array:
     x = self.final_norm(x)
     head = self.head[...].astype(x.dtype)
     return jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)

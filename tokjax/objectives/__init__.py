@@ -14,12 +14,14 @@ from tokjax.objectives.md4 import MD4
 from tokjax.objectives.meap import MEAP
 from tokjax.objectives.mixture import Mixture
 from tokjax.objectives.mlm import MLM
+from tokjax.objectives.multi_token import MultiToken
 from tokjax.objectives.prefix_lm import PrefixLM
 from tokjax.objectives.span_corruption import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
     "causal": Causal, "cm3": CM3, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
-    "mixture": Mixture, "mlm": MLM, "prefix_lm": PrefixLM, "span_corruption": SpanCorruption,
+    "mixture": Mixture, "mlm": MLM, "multi_token": MultiToken, "prefix_lm": PrefixLM,
+    "span_corruption": SpanCorruption,
 }
 
 
