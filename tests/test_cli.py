@@ -106,7 +106,8 @@ def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
 @pytest.mark.parametrize("objective, kind, sampler", [
     ("mlm", "pseudo_likelihood", None), ("maskgit", "pseudo_likelihood", None),
     ("prefix_lm", "exact", None), ("meap", "exact", "ar"), ("fim", "exact", "ar"),
-    ("cm3", "exact", "ar"), ("span_corruption", "pseudo_likelihood", None)])
+    ("cm3", "exact", "ar"), ("span_corruption", "pseudo_likelihood", None),
+    ("multi_token", "exact", "ar"), ("mixture", "pseudo_likelihood", None)])
 def test_more_objectives_train_and_evaluate(tmp_path, data_dir, objective, kind, sampler):
   workdir = str(tmp_path / objective)
   stdout = _cli("train", f"--workdir={workdir}", *cli_flags(data_dir, objective))

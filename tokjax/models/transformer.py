@@ -206,6 +206,7 @@ class Transformer(nnx.Module):
     return x.astype(self.config.dtype)
 
   def logits_from_hidden(self, x) -> jax.Array:
+    """float[batch, seq_len, embed] block output -> float32[batch, seq_len, vocab] logits."""
     x = self.final_norm(x)
     head = self.head[...].astype(x.dtype)
     return jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)
