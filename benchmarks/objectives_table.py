@@ -28,7 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(objective: str, args) -> dict:
+  """Trains and evaluates one objective; a finished row in --out is reused."""
   workdir = os.path.join(args.out, objective)
+  row_path = os.path.join(workdir, "row.json")
+  if os.path.exists(row_path):
+    return json.load(open(row_path))
   config = f"{ROOT}/configs/shakespeare.py:objective={objective},size={args.size}"
   train = [sys.executable, "-m", "tokjax.train", f"--config={config}", f"--workdir={workdir}",
            f"--config.num_train_steps={args.steps}", "--config.progress_bar=False",
@@ -44,7 +48,10 @@ def run(objective: str, args) -> dict:
   samples_path = os.path.join(workdir, "samples.json")
   sample = json.load(open(samples_path))["samples"][0] if os.path.exists(samples_path) else ""
   steady = rates[1:] or rates  # The first interval includes compilation.
-  return dict(report, wall_s=wall, tokens_per_s=sum(steady) / len(steady), sample=sample)
+  row = dict(report, wall_s=wall, tokens_per_s=sum(steady) / len(steady), sample=sample)
+  with open(row_path, "w") as f:
+    json.dump(row, f)
+  return row
 
 
 def attention_of(objective: str) -> str:
