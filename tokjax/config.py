@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.maskgit = dict(noise_schedule="cosine")
   c.fim = dict(fim_rate=0.5, fim_spm_rate=0.5)
   c.cm3 = dict(max_spans=3)
+  c.electra = dict(mask_ratio=0.15, disc_weight=50.0, generator_scale=0.25,
+                   masking_policy="token")
   c.multi_token = dict(num_predict=4, head_weights=None)
   c.mixture = dict(objectives=("mlm", "maskgit"), weights=(1.0, 1.0))
   c.span_corruption = dict(noise_density=0.15, mean_noise_span_length=3.0, num_sentinels=32)

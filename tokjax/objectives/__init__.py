@@ -8,6 +8,7 @@ from tokjax.data import ByteTokenizer
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.cm3 import CM3
+from tokjax.objectives.electra import Electra
 from tokjax.objectives.fim import FIM
 from tokjax.objectives.maskgit import MaskGIT
 from tokjax.objectives.md4 import MD4
@@ -19,7 +20,7 @@ from tokjax.objectives.prefix_lm import PrefixLM
 from tokjax.objectives.span_corruption import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
-    "causal": Causal, "cm3": CM3, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
+    "causal": Causal, "cm3": CM3, "electra": Electra, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
     "mixture": Mixture, "mlm": MLM, "multi_token": MultiToken, "prefix_lm": PrefixLM,
     "span_corruption": SpanCorruption,
 }
