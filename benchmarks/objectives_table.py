@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 
-from tokjax.objectives import REGISTRY
+from tokjax.config import load_config_file
+from tokjax.objectives import REGISTRY, make_objective, make_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,13 +56,17 @@ def run(objective: str, args) -> dict:
 
 
 def attention_of(objective: str) -> str:
-  return REGISTRY[objective].attention
+  """The attention the objective trains with, as its config builds it (a mixture
+  takes its components')."""
+  config = load_config_file(os.path.join(ROOT, "configs", "shakespeare.py"), f"objective={objective}")
+  return make_objective(config, make_tokenizer(config)).attention
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, budget: str) -> str:
   lines = [
       "# Objectives on Shakespeare, one backbone, one token budget", "",
       f"Command: `{command}`", "",
+      f"Budget: {budget}. Hardware: the 2-core CPU machine, one run at a time.", "",
       "Bits per byte on the test works (Hamlet, Macbeth). Read the kind column first: "
       "an `exact` NLL, an `elbo_upper_bound` (with its Monte-Carlo standard error), and a "
       "`pseudo_likelihood` (masked positions only, not a bound) are different quantities.", "",
@@ -69,7 +74,10 @@ def markdown(rows: list[dict], command: str) -> str:
       "|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    bpb = f"{r['bits_per_byte']:.3f}"
+    if r["kind"] == "none":
+      bpb = f"— (disc. accuracy {r['disc_accuracy']:.3f}, AUC {r['disc_auc']:.3f})"
+    else:
+      bpb = f"{r['bits_per_byte']:.3f}"
     if "bits_per_byte_stderr" in r:
       bpb += f" ± {r['bits_per_byte_stderr']:.3f}"
     sample = " ".join(r["sample"].split())[:80].replace("|", "\\|")
@@ -90,10 +98,15 @@ def main():
   args = parser.parse_args()
   rows = [run(name, args) for name in args.objectives.split(",")]
   command = "python benchmarks/objectives_table.py " + " ".join(sys.argv[1:])
+  c = load_config_file(os.path.join(ROOT, "configs", "shakespeare.py"), f"size={args.size}")
+  m = c.model
+  budget = (f"size={args.size} ({m.num_layers} layers x {m.d_model}), {args.steps} steps x "
+            f"{c.batch_size} x {c.seq_len} = {args.steps * c.batch_size * c.seq_len:,} tokens")
+  text = markdown(rows, command, budget)
   os.makedirs(os.path.dirname(args.markdown), exist_ok=True)
   with open(args.markdown, "w") as f:
-    f.write(markdown(rows, command))
-  print(markdown(rows, command))
+    f.write(text)
+  print(text)
 
 
 if __name__ == "__main__":

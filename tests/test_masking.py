@@ -56,11 +56,8 @@ def test_policy_hits_ratio_and_never_selects_pad_under_jit(name):
   sample = jax.jit(lambda rng, t: policy(rng, t, RATIO, pad_id=PAD, **OPTIONS[name]))
   selected = np.asarray(sample(jax.random.key(1), jnp.asarray(x)))
   assert selected.shape == x.shape and selected.dtype == bool
-  if name == "whole_word":
-    eligible = np.asarray(masking.word_bytes(jnp.asarray(x)))
-  else:
-    eligible = x != PAD
-  assert not selected[x == PAD].any() and not selected[~eligible].any()
+  eligible = x != PAD
+  assert not selected[~eligible].any()
   ratio, se = _ratio_and_se(selected, eligible)
   assert se < 0.01  # Enough samples for the bound to mean something.
   assert abs(ratio - RATIO) < 5 * se
@@ -79,7 +76,7 @@ def test_token_policy_fraction_within_binomial_bound():
 def test_whole_word_selects_whole_words_at_the_ratio():
   x = _text_rows(seed=3)
   selected = np.asarray(masking.whole_word_mask(jax.random.key(3), jnp.asarray(x), RATIO, pad_id=PAD))
-  picked, total = 0, 0
+  picked, expected, variance = 0, 0.0, 0.0
   for row, sel in zip(x, selected):
     words = _reference_words(row)
     in_words = np.zeros(len(row), bool)
@@ -88,9 +85,11 @@ def test_whole_word_selects_whole_words_at_the_ratio():
       in_words[word] = True
       picked += int(sel[word[0]])
     assert not sel[~in_words].any()  # Whitespace, BOS and PAD are never selected.
-    total += len(words)
-  # Words are selected independently: a binomial count.
-  assert abs(picked / total - RATIO) < 5 * math.sqrt(RATIO * (1 - RATIO) / total)
+    # Each word is picked independently with q = RATIO * non-PAD tokens / word bytes.
+    q = min(1.0, RATIO * (row != PAD).sum() / max(in_words.sum(), 1))
+    expected += q * len(words)
+    variance += q * (1 - q) * len(words)
+  assert abs(picked - expected) < 5 * math.sqrt(variance)
 
 
 @pytest.mark.parametrize(

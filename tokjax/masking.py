@@ -77,31 +77,32 @@ def word_bytes(tokens, *, num_bytes=256):
 
 
 def whole_word_mask(rng, tokens, mask_ratio, *, pad_id, num_bytes=256):
-  """Selects each word with probability mask_ratio, with all of its bytes.
+  """Selects whole words, mask_ratio of the non-PAD tokens in expectation.
 
   A word is a maximal run of word bytes (`word_bytes`) inside one row; a word
   cut by the window edge counts as a word of its own. Whitespace and specials
-  are never selected, so mask_ratio is the expected selected fraction of word
-  bytes (not of all non-PAD tokens).
+  are never selected, so each word of row b is selected with probability
+  q_b = min(1, mask_ratio * N_b / W_b), N_b the row's non-PAD tokens and W_b
+  its word bytes: the expected selected fraction of the N_b tokens is then
+  mask_ratio whenever q_b <= 1 (always for ordinary text, where W_b ~ 0.8 N_b).
 
   Args:
     rng: a PRNG key.
     tokens: int32[batch, seq_len].
     mask_ratio: float in (0, 1).
-    pad_id: the PAD id (>= num_bytes, so never a word byte; kept for a uniform
-      policy signature).
+    pad_id: the PAD id (never selected: it is not a word byte).
     num_bytes: ids below this are bytes.
 
   Returns:
     bool[batch, seq_len], True = selected.
   """
   check_mask_ratio(mask_ratio)
-  del pad_id  # PAD is a special, hence never a word byte.
   in_word = word_bytes(tokens, num_bytes=num_bytes)
   prev = jnp.pad(in_word[:, :-1], ((0, 0), (1, 0)))
   positions = jnp.arange(tokens.shape[1])
   word_start = jax.lax.cummax(jnp.where(in_word & ~prev, positions, 0), axis=1)
-  draw = jax.random.bernoulli(rng, mask_ratio, tokens.shape)
+  word_prob = mask_ratio * (tokens != pad_id).sum(1) / jnp.maximum(in_word.sum(1), 1)
+  draw = jax.random.uniform(rng, tokens.shape) < jnp.minimum(word_prob, 1.0)[:, None]
   return in_word & jnp.take_along_axis(draw, word_start, axis=1)
 
 

@@ -37,6 +37,11 @@ def sentinel_names(count: int) -> tuple[str, ...]:
   return tuple(f"<sentinel_{i}>" for i in range(count + count % 2))
 
 
+def sentinel_ids(tokenizer, count: int) -> tuple[int, ...]:
+  """The ids of `sentinel_names(count)` in a tokenizer built with them."""
+  return tuple(tokenizer.special_tokens[n] for n in sentinel_names(count))
+
+
 def real_length(tokens: jax.Array, pad_id: int) -> jax.Array:
   """int32[batch]: non-PAD tokens per row of int32[batch, length] (PAD only at the end)."""
   return (tokens != pad_id).sum(axis=1, dtype=jnp.int32)
@@ -146,11 +151,10 @@ class CM3(Objective):
 
   @classmethod
   def from_config(cls, config, tokenizer) -> "CM3":
-    names = sentinel_names(config.max_spans)
     return cls(
         pad_id=tokenizer.pad_id,
         num_bytes=tokenizer.num_bytes,
-        sentinel_ids=tuple(tokenizer.special_tokens[n] for n in names),
+        sentinel_ids=sentinel_ids(tokenizer, config.max_spans),
         eos_id=tokenizer.eos_id,
         max_spans=config.max_spans,
     )

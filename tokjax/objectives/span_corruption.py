@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.objectives.base import ModelInputs, Objective, Targets
-from tokjax.objectives.cm3 import arrange, sentinel_names
+from tokjax.objectives.cm3 import arrange, sentinel_ids, sentinel_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +105,10 @@ class SpanCorruption(Objective):
 
   @classmethod
   def from_config(cls, config, tokenizer) -> "SpanCorruption":
-    names = sentinel_names(config.num_sentinels)
     return cls(
         pad_id=tokenizer.pad_id,
         num_bytes=tokenizer.num_bytes,
-        sentinel_ids=tuple(tokenizer.special_tokens[n] for n in names),
+        sentinel_ids=sentinel_ids(tokenizer, config.num_sentinels),
         noise_density=config.noise_density,
         mean_noise_span_length=config.mean_noise_span_length,
     )
