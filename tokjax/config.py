@@ -14,10 +14,8 @@ import ml_collections
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
 from tokjax.objectives import objective_class
+from tokjax.samplers import get_sampler
 from tokjax.schedules import get_schedule
-
-SAMPLERS = ("ar", "md4")
-
 
 def sampler_config() -> ml_collections.ConfigDict:
   """Sampling settings; `name` '' means the objective's default sampler."""
@@ -106,8 +104,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ValueError: unknown objective/sampler/schedule, or impossible sizes.
   """
   objective_class(config)  # Raises on an unknown name.
-  if config.sampler.name and config.sampler.name not in SAMPLERS:
-    raise ValueError(f"Unknown sampler {config.sampler.name!r}; use one of {SAMPLERS}.")
+  if config.sampler.name:
+    get_sampler(config.sampler.name)  # Raises on an unknown name, listing the known ones.
   get_schedule(config.md4.noise_schedule)
   m = config.model
   if m.d_model % m.num_heads:
