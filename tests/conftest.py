@@ -14,7 +14,9 @@ import jax  # noqa: E402
 
 jax.config.update(
     "jax_compilation_cache_dir",
-    os.environ.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax")),
+    # Its own directory: executables compiled for 8 fake devices are never
+    # shared with the CLIs' (one device, or several processes).
+    os.environ.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax-tests")),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -26,6 +26,9 @@ def initialize() -> None:
     )
   elif env.get("TOKJAX_DISTRIBUTED") == "1":
     jax.distributed.initialize()
-  cache = env.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax"))
+  # One cache per process layout, so a multi-process executable is never
+  # reused by a single-process run (or the reverse).
+  layout = f"jax-{jax.process_count()}proc"
+  cache = env.get("TOKJAX_JAX_CACHE", os.path.expanduser(f"~/.cache/tokjax/{layout}"))
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
