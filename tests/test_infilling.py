@@ -179,6 +179,30 @@ def test_uniform_logits_give_log_vocab(cls, config):
       math.log(tokenizer.vocab_size), rel=1e-5)
 
 
+class TableModel:
+  """Non-uniform logits looked up from a fixed random table of the input token."""
+
+  def __init__(self, vocab_size):
+    self.table = jax.random.normal(jax.random.key(1), (vocab_size, vocab_size))
+
+  def __call__(self, tokens, **unused):
+    return self.table[tokens]
+
+
+@pytest.mark.parametrize("cls, config", [
+    (FIM, dict(fim_rate=0.0, fim_spm_rate=0.5)), (FIM, dict(fim_rate=0.5, fim_spm_rate=0.5)),
+    (FIM, dict(fim_rate=1.0, fim_spm_rate=0.0)), (CM3, dict(max_spans=1)), (CM3, CM3_CONFIG)])
+def test_fim_and_cm3_evaluate_the_exact_nll_of_the_plain_text(cls, config):
+  """Their figure is causal LM's on the same text, whatever the corruption settings."""
+  from tokjax.objectives.causal import Causal
+  obj, tokenizer = build(cls, **config)
+  model, x = TableModel(tokenizer.vocab_size), jnp.asarray(windows(16, 32))
+  ours = obj.likelihood(model, x, jax.random.key(3))
+  causal = Causal(pad_id=PAD, num_bytes=256).likelihood(model, x, jax.random.key(4))
+  for key in ("nats", "tokens", "bytes"):
+    np.testing.assert_allclose(ours[key], causal[key], rtol=1e-6)
+
+
 def test_bad_settings_are_clear_errors():
   with pytest.raises(ValueError, match="noise_density"):
     build(SpanCorruption, **dict(T5_CONFIG, noise_density=1.0))

@@ -2,6 +2,7 @@
 import math
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -160,3 +161,115 @@ def test_maskgit_masks_exactly_the_scheduled_count(schedule):
   assert counts.min() >= 1 and counts.max() <= 24
   nats = obj.token_nats(jnp.zeros(x.shape + (V,)), targets)
   assert float(nats.sum() / targets.weights.sum()) == pytest.approx(math.log(V - 2), rel=1e-5)
+
+
+# ------------------------------------------------ MD4's evaluation estimator
+
+TOY_V, TOY_PAD, TOY_MASK = 8, 6, 7  # Tokens 0..5 are text.
+
+
+class NeighbourModel:
+  """Logits from the token itself and its two neighbours (MASK included), so a
+  token's cross-entropy depends on which other tokens are masked."""
+
+  tables = np.random.default_rng(3).normal(size=(3, TOY_V, TOY_V)).astype(np.float32) * 2
+
+  def __call__(self, tokens, **unused):
+    left = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=TOY_PAD)[:, :-1]
+    right = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=TOY_PAD)[:, 1:]
+    t = jnp.asarray(self.tables)
+    return t[0][left] + t[1][tokens] + t[2][right]
+
+  def numpy(self, z):
+    left = np.concatenate([[TOY_PAD], z[:-1]])
+    right = np.concatenate([z[1:], [TOY_PAD]])
+    return self.tables[0][left] + self.tables[1][z] + self.tables[2][right]
+
+
+def _exact_md4_nelbo(x: np.ndarray) -> float:
+  """sum_k (1/k) E_{|M|=k}[sum_{n in M} -log p(x_n | x_not M)], enumerating every M (NumPy)."""
+  import itertools
+  length = len(x)
+  total = 0.0
+  for k in range(1, length + 1):
+    subsets = list(itertools.combinations(range(length), k))
+    mean = 0.0
+    for m in subsets:
+      z = x.copy()
+      z[list(m)] = TOY_MASK
+      logits = NeighbourModel().numpy(z).astype(np.float64)
+      logits[:, [TOY_PAD, TOY_MASK]] = -np.inf
+      logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+      mean += -sum(logp[n, x[n]] for n in m) / len(subsets)
+    total += mean / k
+  return total
+
+
+def _toy_md4(**kw):
+  return MD4(pad_id=TOY_PAD, num_bytes=6, mask_id=TOY_MASK, forbidden_ids=(TOY_PAD,), **kw)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_md4_eval_estimator_is_unbiased_against_exact_enumeration(schedule):
+  """Rows of 5 and 3 tokens (then PAD): the mean of many draws matches the NELBO
+  computed by enumerating every mask set, whatever the schedule."""
+  x = np.array([[0, 3, 1, 5, 2], [4, 4, 0, TOY_PAD, TOY_PAD]])
+  obj = _toy_md4(noise_schedule=get_schedule(schedule))
+  draws = jax.jit(jax.vmap(lambda r: obj.likelihood(NeighbourModel(), jnp.asarray(x), r)["nats"]))(
+      jax.random.split(jax.random.key(0), 20_000))
+  draws = np.asarray(draws)
+  for row in range(2):
+    exact = _exact_md4_nelbo(x[row][x[row] != TOY_PAD])
+    mean, se = draws[:, row].mean(), draws[:, row].std() / math.sqrt(len(draws))
+    assert abs(mean - exact) < 4 * se, (row, mean, exact, se)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "poly2"])
+def test_md4_bound_over_t_equals_the_sum_over_mask_counts(schedule):
+  """The training form int w(t) sum_k Bin(k; L, 1 - alpha_t) E_k dt equals the
+  evaluation form sum_k E_k / k for any E_k (MD4 Eq. 5 rewritten; quadrature)."""
+  from scipy import integrate, stats
+  s, length = get_schedule(schedule), 6
+  e = np.random.default_rng(0).uniform(1, 3, length + 1) * np.arange(length + 1)  # E_0 = 0.
+
+  def integrand(t):
+    u = 1 - float(s.alpha(np.float64(t)))
+    return float(s.weight(np.float64(t))) * sum(
+        stats.binom.pmf(k, length, u) * e[k] for k in range(1, length + 1))
+
+  value, _ = integrate.quad(integrand, 0, 1, limit=200)
+  assert value == pytest.approx(sum(e[k] / k for k in range(1, length + 1)), rel=1e-6)
+
+
+def test_md4_eval_draw_masks_k_positions_weighted_length_over_k():
+  obj = _toy_md4(time_conditioning=True)
+  x = jnp.asarray(np.r_[np.zeros(20, int), np.full(12, TOY_PAD)][None].repeat(512, 0))
+  inputs, targets = obj.corrupt_eval(x, jax.random.key(0))
+  k = np.asarray((inputs.tokens == TOY_MASK).sum(-1))
+  assert k.min() >= 1 and k.max() <= 20 and not np.asarray(inputs.tokens[:, 20:] == TOY_MASK).any()
+  np.testing.assert_allclose(np.asarray(targets.weights).sum(-1), 20.0, rtol=1e-5)  # k * L / k.
+  counts = np.bincount(k, minlength=21)[1:]  # k ~ U{1..20}: chi-square.
+  from scipy import stats
+  assert stats.chisquare(counts).pvalue > 1e-3
+  # A time-conditioned network sees t with 1 - alpha_t ~ Beta(k, L - k + 1): E = k / (L + 1).
+  u = 1 - np.asarray(obj.noise_schedule.alpha(inputs.time))
+  np.testing.assert_allclose(u.mean(), (k / 21).mean(), atol=4 * u.std() / math.sqrt(512))
+
+
+def test_schedule_time_at_inverts_alpha():
+  t = jnp.linspace(0.01, 0.99, 99)
+  for name in ("linear", "cosine", "poly3"):
+    s = get_schedule(name)
+    np.testing.assert_allclose(s.time_at(s.alpha(t)), t, atol=1e-4)  # float32 rounding.
+
+
+def test_md4_gives_non_text_ids_probability_zero():
+  """PAD, MASK and extra specials are never predicted, however the network scores them."""
+  from tokjax.data import ByteTokenizer
+  tok = ByteTokenizer(("<extra_0>", "<extra_1>"))
+  obj = MD4.from_config(ml_collections.ConfigDict(dict(
+      noise_schedule="linear", antithetic=True, time_conditioning=False, eval_samples=2)), tok)
+  assert set(obj.forbidden_ids) == {tok.pad_id, tok.mask_id, 260, 261}
+  logits = obj.mask_logits(jnp.zeros((1, 1, tok.vocab_size)))
+  allowed = np.isfinite(np.asarray(logits[0, 0]))
+  assert allowed.sum() == 256 + 2 and allowed[tok.bos_id] and allowed[tok.eos_id]

@@ -182,21 +182,21 @@ def constant_fns(logits, expect_time):
 
 
 def test_md4_unmasks_on_schedule_and_never_remasks():
-  vocab, mask_id, num_steps = 8, 7, 6
+  vocab, mask_id, pad_id, num_steps = 8, 7, 6, 6
   schedule = get_schedule("cosine")
   logits = np.zeros(vocab)
-  logits[mask_id] = 50.0  # the sampler must exclude MASK however likely the model says
+  logits[mask_id] = logits[pad_id] = 50.0  # excluded however likely the model says
   fns, params = constant_fns(logits, expect_time=True)
   prompt = jnp.tile(jnp.array([[1, 2, 3]], jnp.int32), (32, 1))
   kwargs = dict(seq_len=32, num_steps=num_steps, schedule=schedule, mask_id=mask_id,
-                time_conditioning=True)
+                time_conditioning=True, forbidden_ids=(pad_id,))
   states = []
   out = md4.sample(fns, params, prompt, jax.random.key(5), debug=True, on_step=states.append,
                    **kwargs)
   np.testing.assert_array_equal(out, md4.sample(fns, params, prompt, jax.random.key(5), **kwargs))
   assert len(states) == num_steps
   out = np.asarray(out)
-  assert not (out == mask_id).any()
+  assert not (out == mask_id).any() and not (out == pad_id).any()
   np.testing.assert_array_equal(out[:, :3], prompt)
   previous = np.full(out.shape, mask_id).copy()
   previous[:, :3] = prompt

@@ -1,8 +1,10 @@
 """The likelihood report: nats per token and bits per byte on a data split.
 
-The figure's kind comes from the objective: `exact` NLL (causal), an
-`elbo_upper_bound` estimated by Monte Carlo over time (md4, with the number of
-samples and the standard error), or a `pseudo_likelihood`, never mixed.
+The figure's kind comes from the objective: `exact` NLL of the text (causal),
+`exact_conditional` NLL of part of it given the rest (prefix_lm), an
+`elbo_upper_bound` estimated by Monte Carlo (md4, with the number of samples
+and, from 2 samples on, the standard error), or a `pseudo_likelihood`, never
+mixed.
 """
 from __future__ import annotations
 
@@ -15,24 +17,27 @@ import numpy as np
 from tokjax.data import eval_batches, to_global
 
 
-def make_eval_step(exp):
-  """Jitted (params, batch int32[batch, seq_len], rng) -> dict of float32 scalars.
+def likelihood_sums(objective, model, batch: jax.Array, rng: jax.Array) -> dict:
+  """Scores each sequence of batch int32[batch, seq_len] `objective.eval_samples` times.
 
-  Each sequence is scored `exp.objective.eval_samples` times with independent
-  randomness. Returned sums over the batch: `nats` (of per-sequence means over
-  the draws), `var` (of the variance of those means), and every other entry of
+  The draws use independent randomness. Returns float32 scalars summed over
+  the batch: `nats` (of per-sequence means over the draws), `var` (of the
+  variance of those means, ddof=1; 0 with one draw), and every other entry of
   `objective.likelihood` from its first draw (`tokens`, `bytes`, ...).
   """
-  objective = exp.objective
   num = objective.eval_samples
+  draws = jax.lax.map(lambda r: objective.likelihood(model, batch, r), jax.random.split(rng, num))
+  nats = draws["nats"]  # [samples, batch]
+  var = nats.var(0, ddof=1) / num if num > 1 else jnp.zeros_like(nats[0])
+  sums = {k: v[0].sum(0) for k, v in draws.items()}
+  return dict(sums, nats=nats.mean(0).sum(), var=var.sum())
+
+
+def make_eval_step(exp):
+  """Jitted (params, batch int32[batch, seq_len], rng) -> `likelihood_sums`."""
 
   def step(params, batch, rng):
-    model = exp.model(params)
-    draws = jax.lax.map(lambda r: objective.likelihood(model, batch, r), jax.random.split(rng, num))
-    nats = draws["nats"]  # [samples, batch]
-    var = nats.var(0, ddof=1) / num if num > 1 else jnp.zeros_like(nats[0])
-    sums = {k: v[0].sum(0) for k, v in draws.items()}
-    return dict(sums, nats=nats.mean(0).sum(), var=var.sum())
+    return likelihood_sums(exp.objective, exp.model(params), batch, rng)
 
   params_sharding = exp.state_shardings["params"]
   return jax.jit(step, in_shardings=(params_sharding, exp.batch_sharding, None))
@@ -45,12 +50,12 @@ def evaluate(exp, eval_step, params, tokens: np.ndarray, *, max_batches: int, sp
     tokens: int32[num_tokens] the split's packed token stream.
 
   Returns:
-    The report: split, kind, nats_per_token, bits_per_byte (and
-    bits_per_byte_stderr, num_time_samples for bounds), tokens, bytes.
+    The report: split, kind, nats_per_token, bits_per_byte (and for bounds
+    mc_samples, plus bits_per_byte_stderr when mc_samples >= 2), tokens, bytes.
   """
   c = exp.config
   batches = eval_batches(
-      tokens, seq_len=c.seq_len, batch_size=c.batch_size // jax.process_count(),
+      tokens, seq_len=c.seq_len, batch_size=c.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
   rng = jax.random.key(seed)
@@ -81,8 +86,9 @@ def report(objective, split: str, totals: dict) -> dict:
     out["nats_per_token"] = float(totals["nats"]) / tokens
     out["bits_per_byte"] = float(totals["nats"]) / (math.log(2) * nbytes)
   if objective.likelihood_kind == "elbo_upper_bound":
-    out["num_time_samples"] = objective.eval_samples
-    out["bits_per_byte_stderr"] = math.sqrt(float(totals["var"])) / (math.log(2) * nbytes)
+    out["mc_samples"] = objective.eval_samples
+    if objective.eval_samples >= 2:  # One draw per sequence cannot estimate its own spread.
+      out["bits_per_byte_stderr"] = math.sqrt(float(totals["var"])) / (math.log(2) * nbytes)
   return dict(out, **objective.eval_report(totals))
 
 
@@ -96,5 +102,7 @@ def format_report(r: dict) -> str:
       f"{r['bits_per_byte']:.4f} bits/byte"
   )
   if "bits_per_byte_stderr" in r:
-    line += f" ± {r['bits_per_byte_stderr']:.4f} (MC s.e., {r['num_time_samples']} time samples)"
+    line += f" ± {r['bits_per_byte_stderr']:.4f} (MC s.e., {r['mc_samples']} samples per sequence)"
+  elif "mc_samples" in r:
+    line += " (no error bar from 1 MC sample per sequence; use >= 2)"
   return line + f" over {r['tokens']} tokens"

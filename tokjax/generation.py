@@ -18,10 +18,10 @@ def _sampler_kwargs(exp, name: str, prompt_len: int) -> dict:
   if name == "ar":
     settings["max_new_tokens"] = min(settings["max_new_tokens"], c.seq_len - prompt_len)
     return dict(settings, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  spec = exp.objective.sampling_spec()
   return dict(
-      settings, seq_len=c.seq_len, mask_id=tok.mask_id,
-      schedule=exp.objective.noise_schedule,
-      time_conditioning=exp.objective.uses_time,
+      settings, seq_len=c.seq_len, mask_id=spec.mask_id, forbidden_ids=spec.forbidden_ids,
+      schedule=spec.noise_schedule, time_conditioning=spec.time_conditioning,
   )
 
 

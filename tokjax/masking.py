@@ -67,6 +67,18 @@ def token_mask(rng, tokens, mask_ratio, *, pad_id):
   return jax.random.bernoulli(rng, mask_ratio, tokens.shape) & (tokens != pad_id)
 
 
+def count_mask(rng, valid, count):
+  """bool[batch, seq_len]: exactly count[b] positions of row b, uniformly among its valid ones.
+
+  Args:
+    valid: bool[batch, seq_len] the positions that may be chosen.
+    count: int32[batch] how many to choose, at most valid.sum(-1).
+  """
+  scores = jnp.where(valid, jax.random.uniform(rng, valid.shape), 2.0)  # Invalid sort last.
+  rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+  return (rank < count[:, None]) & valid
+
+
 def word_bytes(tokens, *, num_bytes=256):
   """bool[batch, seq_len]: True at byte ids that are not whitespace.
 

@@ -66,6 +66,17 @@ class MaskingSchedule:
       return 0.5 * math.pi * jnp.tan(0.5 * math.pi * (1.0 - t))
     return self.exponent / t
 
+  def time_at(self, alpha):
+    """The inverse of alpha_t: the time t at which alpha_t = alpha, for alpha in [0, 1].
+
+    linear: 1 - alpha; cosine: 1 - (2/pi) arccos(1 - alpha); poly(k): (1 - alpha)^(1/k).
+    """
+    if self.kind == "linear":
+      return 1.0 - alpha
+    if self.kind == "cosine":
+      return 1.0 - 2.0 / math.pi * jnp.arccos(1.0 - alpha)
+    return (1.0 - alpha) ** (1.0 / self.exponent)
+
   def unmask_probability(self, s, t):
     """Probability that a position masked at time t is unmasked at s < t.
 

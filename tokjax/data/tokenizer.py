@@ -40,6 +40,15 @@ class ByteTokenizer:
     self.mask_id = self.special_tokens["<mask>"]
     self.vocab_size = NUM_BYTES + len(names)
 
+  @property
+  def non_text_ids(self) -> tuple[int, ...]:
+    """Ids that never occur in encoded text: PAD, MASK and the extra specials.
+
+    (Text is bytes framed by BOS and EOS.) Denoisers give these probability 0.
+    """
+    text = {self.bos_id, self.eos_id}
+    return tuple(i for i in self.special_tokens.values() if i not in text)
+
   def encode(
       self, text: str, add_bos: bool = False, add_eos: bool = False
   ) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The `Objective` interface: corrupt, run the backbone, score (DESIGN.md).
+"""The `Objective` interface: corrupt, run the backbone, score (docs/design.md).
 
 An objective turns clean tokens into model inputs plus targets and per-token
 loss weights (`corrupt`), and scores the backbone's logits (`token_nats`). The
@@ -17,9 +17,11 @@ import optax
 from flax import nnx
 
 from tokjax.models import Transformer, TransformerConfig
+from tokjax.schedules import MaskingSchedule
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
-LIKELIHOOD_KINDS = ("exact", "elbo_upper_bound", "pseudo_likelihood", "none")
+LIKELIHOOD_KINDS = (
+    "exact", "exact_conditional", "elbo_upper_bound", "pseudo_likelihood", "none")
 
 
 def forbid_ids(logits: jax.Array, *ids: int) -> jax.Array:
@@ -56,6 +58,23 @@ class Targets:
   targets: jax.Array
   weights: jax.Array
   valid: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+  """What a sampler needs from the objective that trained the model.
+
+  Attributes:
+    mask_id: the MASK id a denoising sampler starts from (-1: none).
+    forbidden_ids: ids the trained distribution gives probability 0.
+    noise_schedule: the masking schedule alpha_t (None: not masked diffusion).
+    time_conditioning: whether the network takes the diffusion time t.
+  """
+
+  mask_id: int = -1
+  forbidden_ids: tuple[int, ...] = ()
+  noise_schedule: MaskingSchedule | None = None
+  time_conditioning: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +115,10 @@ class Objective:
   def build_model(self, model_config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The module this objective trains: by default the shared backbone."""
     return Transformer(model_config, rngs=rngs)
+
+  def sampling_spec(self) -> SamplingSpec:
+    """What this objective's samplers need to know about it."""
+    return SamplingSpec()
 
   @property
   def uses_time(self) -> bool:

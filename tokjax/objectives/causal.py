@@ -9,6 +9,30 @@ import jax.numpy as jnp
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 
 
+def next_token(tokens: jax.Array, pad_id: int) -> tuple[ModelInputs, Targets]:
+  """Plain left-to-right LM on int32[batch, seq_len]: position n predicts token n+1.
+
+  The last position of each window and PAD targets are unscored, so the summed
+  nats are the exact NLL of each window's tokens after its first.
+  """
+  targets = jnp.roll(tokens, -1, axis=1)
+  valid = (targets != pad_id).at[:, -1].set(False).astype(jnp.float32)
+  return ModelInputs(tokens), Targets(targets, valid, valid)
+
+
+class PlainOrderEvaluation:
+  """Mixin for objectives that train a left-to-right model on rearranged text (FIM, CM3).
+
+  Evaluation scores the text in its plain left-to-right order, so the figure is
+  the exact NLL of the text, comparable with `causal` and independent of the
+  corruption settings.
+  """
+
+  def corrupt_eval(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    del rng  # Deterministic.
+    return next_token(tokens, self.pad_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class Causal(Objective):
   """Next-token prediction, log p(x) = sum_n log p(x_{n+1} | x_{<=n}).
@@ -25,6 +49,4 @@ class Causal(Objective):
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     del rng  # Deterministic.
-    targets = jnp.roll(tokens, -1, axis=1)
-    valid = (targets != self.pad_id).at[:, -1].set(False).astype(jnp.float32)
-    return ModelInputs(tokens), Targets(targets, valid, valid)
+    return next_token(tokens, self.pad_id)

@@ -18,8 +18,12 @@ end-of-document marker, so a sampler knows where the infill stops.
 Layout: only the first L_clean = seq_len - 2 * max_spans - 1 tokens of a
 window are used, so the N + 2n + 1 rearranged tokens always fit; the rest of
 the row is PAD (weight 0). PAD is assumed to sit only at the end of a window.
-The loss is next-token NLL at every position with a real next token, sentinels
-and `<eos>` included: the exact NLL of the rearranged sequence.
+The training loss is next-token NLL at every position with a real next token,
+sentinels and `<eos>` included: the NLL of the rearranged sequence, which
+depends on the span draw. Evaluation instead scores the text in its plain
+left-to-right order (no spans), so the reported figure is the exact NLL of the
+text, comparable with `causal`. (With n >= 1, CM3 trains on the plain order
+only up to its first sentinel.)
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.causal import PlainOrderEvaluation
 
 
 def sentinel_names(count: int) -> tuple[str, ...]:
@@ -117,7 +122,7 @@ def uniform_spans(rng, num_spans, length, *, clean_len: int, max_spans: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class CM3(Objective):
+class CM3(PlainOrderEvaluation, Objective):
   """CM3 causal masking (see module docstring).
 
   Attributes:

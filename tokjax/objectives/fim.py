@@ -18,8 +18,10 @@ level" FIM); a window holding several documents is cut as one.
 Layout: only the first L_clean = seq_len - 4 tokens of a window are used, so
 the N + 4 rearranged tokens (N = the row's non-PAD length; PAD is assumed to
 sit only at the end) always fit; the rest of the row is PAD (weight 0). The
-loss scores every position with a real next token, specials included: the
-exact NLL of the rearranged sequence. A fourth special, '<fim_pad>' (as in
+training loss scores every position with a real next token, specials included.
+Evaluation scores the text in its plain left-to-right order (fim_rate = 0), so
+the reported figure is the exact NLL of the text, comparable with `causal` and
+independent of fim_rate. A fourth special, '<fim_pad>' (as in
 StarCoder's tokenizer), is never emitted: it keeps the number of added
 specials even, since the vocabulary is sharded over a tensor axis of size 2.
 """
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.causal import PlainOrderEvaluation
 from tokjax.objectives.cm3 import arrange, causal_targets, real_length
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>")
@@ -38,7 +41,7 @@ PLAIN, PSM, SPM = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
-class FIM(Objective):
+class FIM(PlainOrderEvaluation, Objective):
   """Fill-in-the-middle (see module docstring).
 
   Attributes:

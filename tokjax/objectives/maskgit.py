@@ -17,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from tokjax.masking import count_mask
 from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
 from tokjax.schedules import MaskingSchedule, get_schedule
 
@@ -53,10 +54,7 @@ class MaskGIT(Objective):
     t = 1.0 - jax.random.uniform(t_rng, tokens.shape[:1])  # t = 1 - r in (0, 1].
     valid = tokens != self.pad_id
     count = num_to_mask(self.noise_schedule, t, valid.sum(-1))
-    # A uniformly random order of the valid positions; PAD sorts last.
-    scores = jnp.where(valid, jax.random.uniform(order_rng, tokens.shape), 2.0)
-    rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
-    masked = rank < count[:, None]
+    masked = count_mask(order_rng, valid, count)
     weights = masked.astype(jnp.float32)
     return ModelInputs(jnp.where(masked, self.mask_id, tokens)), Targets(tokens, weights, weights)
 

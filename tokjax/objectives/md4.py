@@ -7,10 +7,31 @@ it otherwise,
   NELBO(x) = int_0^1 w(t) E_{z_t ~ q(.|x)} [ sum_{n: z_t[n] = m} -log p(x_n | z_t) ] dt,
   w(t) = -alpha'_t / (1 - alpha_t).
 
-The network predicts a distribution over the real tokens at masked positions:
-MASK gets probability 0 and unmasked positions are copied through (MDLM's SUBS
-parameterisation), so the bound is an upper bound on the NLL. The integral is
-estimated with one t per sequence, stratified ("antithetic") over the batch.
+The network predicts a distribution over the tokens that can occur in text at
+masked positions: MASK, PAD and the tokenizer's extra specials get probability
+0, and unmasked positions are copied through (MDLM's SUBS parameterisation), so
+the bound is an upper bound on the NLL.
+
+Training estimates the integral with one t per sequence, stratified
+("antithetic") over the batch, as the paper does.
+
+Evaluation uses a second unbiased estimator of the same NELBO whose variance
+is bounded. Writing u = 1 - alpha_t (so w(t) dt = du / u) and K = |{masked}| ~
+Binomial(L, u) for a row of L non-PAD tokens, the integral over u gives
+
+  NELBO(x) = sum_{k=1}^{L} (1/k) E_{|M| = k} [ sum_{n in M} -log p(x_n | x_{not M}) ]
+           = E_{k ~ U{1..L}, M uniform of size k} [ (L / k) sum_{n in M} -log p(x_n | .) ],
+
+for every schedule: this is importance sampling of (t, K) with K uniform
+instead of Binomial, and t | K drawn from its exact conditional u ~ Beta(k,
+L - k + 1), which matters only to a time-conditioned network. Each draw is L
+times a mean of k cross-entropies, so its variance is finite, whereas the 1/t
+weight of the training estimator gives it unbounded variance for the linear
+schedule. (The same sum over k is the any-order autoregressive form of the
+bound: Hoogeboom et al. 2022, "Autoregressive Diffusion Models"; Ou et al.
+2024, "Your Absorbing Discrete Diffusion Secretly Models the Conditional
+Distributions of Clean Data".) Draws are independent across rows and across
+the `eval_samples` repeats, so the reported standard error is honest.
 """
 from __future__ import annotations
 
@@ -19,7 +40,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
+from tokjax.masking import count_mask
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 
@@ -42,13 +64,17 @@ class MD4(Objective):
 
   Attributes:
     mask_id: the MASK token id m.
+    forbidden_ids: ids that never occur in text (PAD, MASK, extra specials);
+      the denoiser gives them probability 0, in the loss and in the sampler.
     noise_schedule: the alpha_t schedule shared with the sampler.
     antithetic: stratify t over the batch (lower variance, same expectation).
     time_conditioning: feed t to the backbone.
-    eval_samples: Monte-Carlo time samples per sequence for evaluation.
+    eval_samples: Monte-Carlo draws per sequence for evaluation; >= 2 gives a
+      standard error, 1 gives the estimate alone.
   """
 
   mask_id: int = -1
+  forbidden_ids: tuple[int, ...] = ()
   noise_schedule: MaskingSchedule = MaskingSchedule("linear")
   antithetic: bool = True
   time_conditioning: bool = False
@@ -65,11 +91,20 @@ class MD4(Objective):
         pad_id=tokenizer.pad_id,
         num_bytes=tokenizer.num_bytes,
         mask_id=tokenizer.mask_id,
+        forbidden_ids=tokenizer.non_text_ids,
         noise_schedule=get_schedule(config.noise_schedule),
         antithetic=config.antithetic,
         time_conditioning=config.time_conditioning,
         eval_samples=config.eval_samples,
     )
+
+  def __post_init__(self):
+    if self.eval_samples < 1:
+      raise ValueError(f"md4.eval_samples={self.eval_samples} must be >= 1 (>= 2 for an error bar).")
+
+  def sampling_spec(self) -> SamplingSpec:
+    return SamplingSpec(self.mask_id, self.forbidden_ids, self.noise_schedule,
+                        self.time_conditioning)
 
   @property
   def uses_time(self) -> bool:
@@ -94,5 +129,25 @@ class MD4(Objective):
     time = t if self.time_conditioning else None
     return ModelInputs(z_t, time=time), Targets(tokens, weights, valid.astype(jnp.float32))
 
+  def corrupt_eval(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
+    """One draw of the bounded-variance NELBO estimator (module docstring).
+
+    Per row of L non-PAD tokens: k ~ U{1..L}, a uniform set of k positions is
+    masked and each gets loss weight L / k; a time-conditioned network sees
+    t with 1 - alpha_t ~ Beta(k, L - k + 1).
+    """
+    count_rng, mask_rng, time_rng = jax.random.split(rng, 3)
+    valid = tokens != self.pad_id
+    length = jnp.maximum(valid.sum(-1), 1)
+    k = jax.random.randint(count_rng, length.shape, 1, length + 1)
+    masked = count_mask(mask_rng, valid, k)
+    z = jnp.where(masked, self.mask_id, tokens)
+    weights = jnp.where(masked, (length / k)[:, None].astype(jnp.float32), 0.0)
+    time = None
+    if self.time_conditioning:
+      u = jax.random.beta(time_rng, k.astype(jnp.float32), (length - k + 1).astype(jnp.float32))
+      time = jnp.clip(self.noise_schedule.time_at(1.0 - u), 1e-6, 1.0)
+    return ModelInputs(z, time=time), Targets(tokens, weights, valid.astype(jnp.float32))
+
   def mask_logits(self, logits: jax.Array) -> jax.Array:
-    return forbid_ids(logits, self.mask_id)
+    return forbid_ids(logits, self.mask_id, *self.forbidden_ids)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,10 @@ class Mixture(Objective):
                        for c in _component_classes(config))
     return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
                components=components, weights=tuple(config.mixture.weights))
+
+  def sampling_spec(self) -> SamplingSpec:
+    """The first component's: the mixture samples as its first component does."""
+    return self.components[0].sampling_spec()
 
   @property
   def uses_time(self) -> bool:

@@ -5,6 +5,8 @@ Zero-Shot Generalization?" (Wang et al., 2022), Sec. 3.1 (non-causal decoder,
 "prefix language modeling"): each sequence is split at a uniformly random point
 P; tokens x_{<P} attend to each other bidirectionally and the loss is the
 next-token NLL of x_{>=P}, an exact conditional likelihood log p(x_{>=P} | x_{<P}).
+Evaluation reports it as `exact_conditional`: the nats of the suffix given a
+random prefix, not a full-sequence NLL, so never in a column with `causal`'s.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class PrefixLM(Objective):
 
   name: str = dataclasses.field(default="prefix_lm", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
-  likelihood_kind: str = dataclasses.field(default="exact", init=False)
+  likelihood_kind: str = dataclasses.field(default="exact_conditional", init=False)
   default_sampler: str = dataclasses.field(default="", init=False)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:

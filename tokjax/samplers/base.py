@@ -1,6 +1,6 @@
 """What a sampler needs from a model, as closures, plus the shared loop driver.
 
-Samplers never see the model class (DESIGN.md): they get a `ModelFns` of pure
+Samplers never see the model class (docs/design.md): they get a `ModelFns` of pure
 functions of `params` (the model's `nnx.State`) and run their `step` either in
 `jax.lax.while_loop` inside one `jax.jit`, or, with debug=True, in a Python loop.
 """

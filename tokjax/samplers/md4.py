@@ -49,6 +49,7 @@ class MD4Settings(NamedTuple):
   temperature: float
   precision: str
   time_conditioning: bool
+  forbidden_ids: tuple[int, ...]
 
 
 def sample(
@@ -64,6 +65,7 @@ def sample(
     temperature: float = 1.0,
     precision: str = "float32",
     time_conditioning: bool = False,
+    forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[MD4State], None] | None = None,
 ) -> jax.Array:
@@ -81,11 +83,13 @@ def sample(
     mask_id: id of the MASK token; its logit is set to -inf before drawing.
     temperature, precision: see `categorical.sample_categorical`.
     time_conditioning: pass time=t (float32[batch]) to `fns.forward`.
+    forbidden_ids: more ids that never occur in text (e.g. PAD), also drawn
+      with probability 0, as the objective's loss does.
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `MD4State` after every step.
 
   Returns:
-    int32[batch, seq_len] without mask_id.
+    int32[batch, seq_len] without mask_id or forbidden_ids (outside the prompt).
 
   Raises:
     ValueError: bad shapes or lengths, num_steps < 1, mask_id outside the
@@ -93,7 +97,7 @@ def sample(
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, precision,
-                         time_conditioning)
+                         time_conditioning, tuple(forbidden_ids))
   _validate(fns, prompt, settings)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
@@ -136,13 +140,15 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
 
 
 def _denoiser_logits(fns, settings, params, z, t) -> jax.Array:
-  """float32[batch, seq_len, vocab] logits of p_theta(x | z_t), MASK at -inf."""
+  """float32[batch, seq_len, vocab] logits of p_theta(x | z_t), MASK and forbidden ids at -inf."""
   kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
   logits = fns.forward(params, z, attention="bidirectional", **kwargs)
   vocab = logits.shape[-1]
-  if not 0 <= settings.mask_id < vocab:
-    raise ValueError(f"mask_id={settings.mask_id} is outside the model's vocabulary [0, {vocab}).")
-  return logits.at[..., settings.mask_id].set(-jnp.inf)
+  never = (settings.mask_id, *settings.forbidden_ids)
+  if not all(0 <= i < vocab for i in never):
+    raise ValueError(
+        f"mask_id and forbidden_ids {never} must lie in the model's vocabulary [0, {vocab}).")
+  return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
 
 
 def _validate(fns, prompt, settings) -> None:
