@@ -42,9 +42,9 @@ def _losses(workdir):
 EXPECTED = {
     "causal": ("exact", "ar"), "md4": ("elbo_upper_bound", "md4"),
     "prefix_lm": ("exact_conditional", None), "meap": ("exact", "ar"), "fim": ("exact", "ar"),
-    "cm3": ("exact", "ar"), "multi_token": ("exact", "ar"), "mlm": ("pseudo_likelihood", None),
-    "maskgit": ("pseudo_likelihood", None), "span_corruption": ("pseudo_likelihood", None),
-    "mixture": ("pseudo_likelihood", None), "electra": ("none", None),
+    "cm3": ("exact", "ar"), "multi_token": ("exact", "ar"), "mlm": ("pseudo_likelihood", "maskgit"),
+    "maskgit": ("pseudo_likelihood", "maskgit"), "span_corruption": ("pseudo_likelihood", None),
+    "mixture": ("pseudo_likelihood", "maskgit"), "electra": ("none", None),
     "mixture:md4": ("elbo_upper_bound", "md4"),
 }
 MIXTURE_FIRST = {"mixture:md4": "--config.mixture.objectives=('md4', 'maskgit')"}

@@ -165,8 +165,8 @@ def test_mlm_from_config_reads_its_section():
   obj = MLM.from_config(section, TOK)
   assert (obj.mask_id, obj.pad_id, obj.num_bytes) == (MASK, PAD, 256)
   assert (obj.mask_ratio, obj.masking_policy, obj.max_span) == (0.2, "span", 5)
-  assert (obj.name, obj.attention, obj.likelihood_kind, obj.default_sampler) == (
-      "mlm", "bidirectional", "pseudo_likelihood", "")
+  assert (obj.name, obj.attention, obj.likelihood_kind, obj.samplers) == (
+      "mlm", "bidirectional", "pseudo_likelihood", ("maskgit",))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])

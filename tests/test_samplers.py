@@ -10,7 +10,7 @@ from scipy import stats
 
 from tokjax.models import Transformer, TransformerConfig
 from tokjax.samplers import (
-    SAMPLERS, ModelFns, autoregressive, get_sampler, md4, model_fns, precision_scope,
+    SAMPLERS, ModelFns, autoregressive, get_sampler, maskgit, md4, model_fns, precision_scope,
     sample_categorical,
 )
 from tokjax.samplers.categorical import gumbel_noise
@@ -226,8 +226,40 @@ def test_md4_with_a_real_model_fills_every_mask():
   np.testing.assert_array_equal(out[:, :2], prompt)
 
 
+# ---------------------------------------------------------------- MaskGIT
+
+
+@pytest.mark.parametrize("schedule, num_steps", [("cosine", 5), ("linear", 3)])
+def test_maskgit_commits_exactly_the_scheduled_count(schedule, num_steps):
+  """Each step leaves floor(gamma((k+1)/K) N_0) masked (clipped to commit >= 1),
+  never changes prompt or committed tokens, and leaves no MASK at the end."""
+  vocab, mask_id, pad_id = 8, 7, 6
+  logits = np.random.default_rng(0).normal(size=vocab)
+  logits[mask_id] = logits[pad_id] = 50.0
+  fns, params = constant_fns(logits, expect_time=False)
+  prompt = np.tile(np.array([[1, mask_id, 3]], np.int32), (4, 1))  # One hole in the prompt.
+  kwargs = dict(seq_len=20, num_steps=num_steps, schedule=get_schedule(schedule), mask_id=mask_id,
+                forbidden_ids=(pad_id,))
+  states = []
+  out = maskgit.sample(fns, params, prompt, jax.random.key(1), debug=True, on_step=states.append,
+                       **kwargs)
+  np.testing.assert_array_equal(out, maskgit.sample(fns, params, prompt, jax.random.key(1), **kwargs))
+  out, n0 = np.asarray(out), 18
+  assert not np.isin(out, [mask_id, pad_id]).any() and (out[:, [0, 2]] == [1, 3]).all()
+  previous = np.asarray(maskgit.masked_canvas(jnp.asarray(prompt), 20, mask_id))
+  gamma = lambda r: 1 - float(get_schedule(schedule).alpha(1 - r))
+  for k, state in enumerate(states):
+    z = np.asarray(state.z)
+    known = previous != mask_id
+    np.testing.assert_array_equal(z[known], previous[known])
+    left = int((previous[0] == mask_id).sum())
+    expect = 0 if k == num_steps - 1 else min(max(int(np.floor(gamma((k + 1) / num_steps) * n0)), 0), left - 1)
+    assert ((z == mask_id).sum(-1) == expect).all(), (k, expect)
+    previous = z
+
+
 def test_registry_model_fns_and_debug_errors():
-  assert SAMPLERS == {"ar": autoregressive.sample, "md4": md4.sample}
+  assert SAMPLERS == {"ar": autoregressive.sample, "maskgit": maskgit.sample, "md4": md4.sample}
   with pytest.raises(ValueError, match="'ar'"):
     get_sampler("beam")
   config = TransformerConfig(vocab_size=8, num_layers=3, d_model=8, num_heads=2, d_ff=8,

@@ -97,3 +97,10 @@ def test_missing_data_path_is_a_clear_error(data_dir, tmp_path):
   config.data.path = str(tmp_path / "no_such_dir")
   with pytest.raises(FileNotFoundError, match="data.path"):
     load_split(config.data, "train", Experiment.create(config).tokenizer)
+
+
+def test_sampler_that_does_not_fit_the_objective_is_a_clear_error(data_dir):
+  config = tiny_config(data_dir, objective="md4")
+  config.sampler.name = "ar"
+  with pytest.raises(ValueError, match="samplers that do: md4, maskgit"):
+    Experiment.create(config)

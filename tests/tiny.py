@@ -19,7 +19,8 @@ TINY_OVERRIDES = dict(
     eval_every_steps=3, eval_steps=2, final_eval_steps=2, checkpoint_every_steps=3,
     progress_bar=False,
 )
-TINY_SAMPLER = {"sampler.num_samples": 2, "sampler.ar.max_new_tokens": 12, "sampler.md4.num_steps": 8}
+TINY_SAMPLER = {"sampler.num_samples": 2, "sampler.ar.max_new_tokens": 12, "sampler.md4.num_steps": 8,
+                "sampler.maskgit.num_steps": 4}
 
 
 def tiny_config(data_dir: str, objective: str = "causal", mesh: str = "dp"):

@@ -65,6 +65,7 @@ class Experiment:
     validate(config)
     tokenizer = make_tokenizer(config)
     objective = make_objective(config, tokenizer)
+    objective.pick_sampler(config.sampler.name)  # Fails early on a sampler that does not fit.
     mesh = sharding.make_mesh(config.mesh.shape, tuple(config.mesh.axes))
     rules = tuple(config.logical_axis_rules)
     model_config = TransformerConfig(

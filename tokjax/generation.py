@@ -9,7 +9,7 @@ from tokjax.samplers import get_sampler, model_fns
 
 def sampler_name(exp) -> str:
   """The configured sampler, else the objective's default ('' if it has none)."""
-  return exp.config.sampler.name or exp.objective.default_sampler
+  return exp.objective.pick_sampler(exp.config.sampler.name)
 
 
 def _sampler_kwargs(exp, name: str, prompt_len: int) -> dict:

@@ -84,6 +84,10 @@ class Objective:
   Attributes:
     pad_id: the PAD token id; PAD positions are never scored.
     num_bytes: ids below this are bytes (bits-per-byte accounting).
+    name, attention, likelihood_kind: set by each subclass.
+    samplers: the registered samplers that fit this objective; the first is
+      its default, and () means none yet.
+    eval_samples: draws per sequence when evaluating a stochastic figure.
   """
 
   pad_id: int
@@ -92,7 +96,7 @@ class Objective:
   name: str = dataclasses.field(default="", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  default_sampler: str = dataclasses.field(default="ar", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
   eval_samples: int = dataclasses.field(default=1, init=False)
 
   @classmethod
@@ -115,6 +119,21 @@ class Objective:
   def build_model(self, model_config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The module this objective trains: by default the shared backbone."""
     return Transformer(model_config, rngs=rngs)
+
+  def pick_sampler(self, name: str = "") -> str:
+    """`name` if it fits this objective, else (for '') the default; '' if there is none.
+
+    Raises:
+      ValueError: a sampler that does not fit, listing those that do.
+    """
+    if not name:
+      return self.samplers[0] if self.samplers else ""
+    if name not in self.samplers:
+      raise ValueError(
+          f"Sampler {name!r} does not fit objective {self.name!r}; samplers that do: "
+          f"{', '.join(self.samplers) or 'none yet'}. Set --sampler.name (or "
+          "--config.sampler.name) to one of them.")
+    return name
 
   def sampling_spec(self) -> SamplingSpec:
     """What this objective's samplers need to know about it."""

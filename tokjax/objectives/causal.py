@@ -45,7 +45,7 @@ class Causal(Objective):
   name: str = dataclasses.field(default="causal", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  default_sampler: str = dataclasses.field(default="ar", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     del rng  # Deterministic.

@@ -138,7 +138,7 @@ class CM3(PlainOrderEvaluation, Objective):
   name: str = dataclasses.field(default="cm3", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  default_sampler: str = dataclasses.field(default="ar", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
 
   def __post_init__(self):
     if self.max_spans < 1:

@@ -61,7 +61,7 @@ class FIM(PlainOrderEvaluation, Objective):
   name: str = dataclasses.field(default="fim", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  default_sampler: str = dataclasses.field(default="ar", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
 
   def __post_init__(self):
     for key in ("fim_rate", "fim_spm_rate"):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.masking import count_mask
-from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 
@@ -42,7 +42,7 @@ class MaskGIT(Objective):
   name: str = dataclasses.field(default="maskgit", init=False)
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="pseudo_likelihood", init=False)
-  default_sampler: str = dataclasses.field(default="", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("maskgit",), init=False)
 
   @classmethod
   def from_config(cls, config, tokenizer) -> "MaskGIT":
@@ -57,6 +57,9 @@ class MaskGIT(Objective):
     masked = count_mask(order_rng, valid, count)
     weights = masked.astype(jnp.float32)
     return ModelInputs(jnp.where(masked, self.mask_id, tokens)), Targets(tokens, weights, weights)
+
+  def sampling_spec(self) -> SamplingSpec:
+    return SamplingSpec(self.mask_id, (self.pad_id,), self.noise_schedule)
 
   def mask_logits(self, logits: jax.Array) -> jax.Array:
     return forbid_ids(logits, self.mask_id, self.pad_id)

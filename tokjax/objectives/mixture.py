@@ -49,7 +49,7 @@ class Mixture(Objective):
             "and time conditioning.")
       if type(c).build_model is not Objective.build_model or getattr(c, "composite", False):
         raise ValueError(f"{c.name!r} trains its own model; it cannot be mixed.")
-    for field in ("attention", "likelihood_kind", "default_sampler", "eval_samples"):
+    for field in ("attention", "likelihood_kind", "samplers", "eval_samples"):
       object.__setattr__(self, field, getattr(first, field))
 
   @classmethod

@@ -13,7 +13,7 @@ over the byte ids, never a special. MASK and PAD get probability 0 in the
 output (`mask_logits`), so the pseudo-likelihood is over real tokens and
 uniform logits score log(V - 2) nats per selected token.
 
-There is no MLM generator in tokjax yet, so `default_sampler` is ''.
+It generates with the `maskgit` sampler (on a cosine schedule).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from tokjax import masking
-from tokjax.objectives.base import ModelInputs, Objective, Targets, forbid_ids
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
+from tokjax.schedules import MaskingSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,7 @@ class MLM(Objective):
   name: str = dataclasses.field(default="mlm", init=False)
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="pseudo_likelihood", init=False)
-  default_sampler: str = dataclasses.field(default="", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("maskgit",), init=False)
 
   def __post_init__(self):
     if self.mask_id < 0 or self.mask_id == self.pad_id:
@@ -108,6 +109,9 @@ class MLM(Objective):
     corrupted = jnp.where(to_mask, self.mask_id, jnp.where(to_random, random_bytes, tokens))
     weights = selected.astype(jnp.float32)
     return ModelInputs(corrupted), Targets(tokens, weights, weights)
+
+  def sampling_spec(self) -> SamplingSpec:
+    return SamplingSpec(self.mask_id, (self.pad_id,), MaskingSchedule("cosine"))
 
   def mask_logits(self, logits: jax.Array) -> jax.Array:
     """MASK and PAD get probability 0: predictions are over the real tokens."""

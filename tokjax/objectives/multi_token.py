@@ -44,7 +44,7 @@ class MultiToken(Objective):
   name: str = dataclasses.field(default="multi_token", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  default_sampler: str = dataclasses.field(default="ar", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
 
   def __post_init__(self):
     if self.num_predict < 2:

@@ -25,7 +25,7 @@ class PrefixLM(Objective):
   name: str = dataclasses.field(default="prefix_lm", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
   likelihood_kind: str = dataclasses.field(default="exact_conditional", init=False)
-  default_sampler: str = dataclasses.field(default="", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     batch, length = tokens.shape

@@ -79,7 +79,7 @@ class SpanCorruption(Objective):
   name: str = dataclasses.field(default="span_corruption", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
   likelihood_kind: str = dataclasses.field(default="pseudo_likelihood", init=False)
-  default_sampler: str = dataclasses.field(default="", init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
 
   def __post_init__(self):
     if not 0.0 < self.noise_density < 1.0:

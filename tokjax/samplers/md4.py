@@ -21,6 +21,7 @@ from flax import struct
 
 from tokjax.samplers.base import ModelFns, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
+from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
 
 
@@ -98,7 +99,7 @@ def sample(
   prompt = jnp.asarray(prompt, jnp.int32)
   settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, precision,
                          time_conditioning, tuple(forbidden_ids))
-  _validate(fns, prompt, settings)
+  validate(fns, prompt, seq_len=seq_len, num_steps=num_steps, schedule=schedule)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
@@ -114,9 +115,7 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
 
 def init_state(settings: MD4Settings, prompt: jax.Array, rng: jax.Array) -> MD4State:
   """The prompt followed by MASK up to seq_len, at t = 1."""
-  batch, prompt_len = prompt.shape
-  z = jnp.full((batch, settings.seq_len), settings.mask_id, jnp.int32)
-  return MD4State(z.at[:, :prompt_len].set(prompt), jnp.int32(0), rng)
+  return MD4State(masked_canvas(prompt, settings.seq_len, settings.mask_id), jnp.int32(0), rng)
 
 
 def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4State], MD4State]:
@@ -128,7 +127,7 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
     s = (num_steps - state.step - 1).astype(jnp.float32) / num_steps
     rng, draw_key, unmask_key = jax.random.split(state.rng, 3)
     draw = sample_categorical(
-        draw_key, _denoiser_logits(fns, settings, params, state.z, t),
+        draw_key, denoiser_logits(fns, settings, params, state.z, t),
         temperature=settings.temperature, precision=settings.precision,
     )
     keep = jax.random.uniform(unmask_key, state.z.shape, jnp.float32)
@@ -137,32 +136,3 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
     return MD4State(jnp.where(unmask, draw, state.z), state.step + 1, rng)
 
   return step
-
-
-def _denoiser_logits(fns, settings, params, z, t) -> jax.Array:
-  """float32[batch, seq_len, vocab] logits of p_theta(x | z_t), MASK and forbidden ids at -inf."""
-  kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
-  logits = fns.forward(params, z, attention="bidirectional", **kwargs)
-  vocab = logits.shape[-1]
-  never = (settings.mask_id, *settings.forbidden_ids)
-  if not all(0 <= i < vocab for i in never):
-    raise ValueError(
-        f"mask_id and forbidden_ids {never} must lie in the model's vocabulary [0, {vocab}).")
-  return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
-
-
-def _validate(fns, prompt, settings) -> None:
-  if prompt.ndim != 2:
-    raise ValueError(f"prompt must be int32[batch, prompt_len], got shape {prompt.shape}.")
-  if prompt.shape[1] > settings.seq_len:
-    raise ValueError(f"prompt_len={prompt.shape[1]} > seq_len={settings.seq_len}; raise seq_len.")
-  if fns.max_seq_len is not None and settings.seq_len > fns.max_seq_len:
-    raise ValueError(
-        f"seq_len={settings.seq_len} > the model's max_seq_len={fns.max_seq_len}; lower seq_len."
-    )
-  if settings.num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {settings.num_steps}.")
-  if not isinstance(settings.schedule, MaskingSchedule):
-    raise ValueError(
-        "schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear')."
-    )

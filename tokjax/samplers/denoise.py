@@ -1,0 +1,51 @@
+"""What the masked-token samplers (md4, maskgit) share: the canvas, the denoiser
+call with its forbidden ids, and argument checks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tokjax.samplers.base import ModelFns
+from tokjax.schedules import MaskingSchedule
+
+
+def masked_canvas(prompt: jax.Array, seq_len: int, mask_id: int) -> jax.Array:
+  """int32[batch, seq_len]: the prompt followed by MASK (a MASK inside the prompt is a hole)."""
+  batch, prompt_len = prompt.shape
+  z = jnp.full((batch, seq_len), mask_id, jnp.int32)
+  return z.at[:, :prompt_len].set(prompt)
+
+
+def denoiser_logits(fns: ModelFns, settings, params, z: jax.Array, t) -> jax.Array:
+  """float32[batch, seq_len, vocab] logits of p_theta(x | z_t); MASK and forbidden ids at -inf.
+
+  `settings` carries mask_id, forbidden_ids and time_conditioning (pass t as
+  time=float32[batch] when set).
+
+  Raises:
+    ValueError: mask_id or a forbidden id outside the model's vocabulary.
+  """
+  kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
+  logits = fns.forward(params, z, attention="bidirectional", **kwargs)
+  vocab = logits.shape[-1]
+  never = (settings.mask_id, *settings.forbidden_ids)
+  if not all(0 <= i < vocab for i in never):
+    raise ValueError(
+        f"mask_id and forbidden_ids {never} must lie in the model's vocabulary [0, {vocab}).")
+  return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
+
+
+def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, num_steps: int,
+             schedule) -> None:
+  """Raises ValueError, naming the fix, on shapes, lengths or settings that cannot work."""
+  if prompt.ndim != 2:
+    raise ValueError(f"prompt must be int32[batch, prompt_len], got shape {prompt.shape}.")
+  if prompt.shape[1] > seq_len:
+    raise ValueError(f"prompt_len={prompt.shape[1]} > seq_len={seq_len}; raise seq_len.")
+  if fns.max_seq_len is not None and seq_len > fns.max_seq_len:
+    raise ValueError(f"seq_len={seq_len} > the model's max_seq_len={fns.max_seq_len}; lower seq_len.")
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  if not isinstance(schedule, MaskingSchedule):
+    raise ValueError(
+        "schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear').")
