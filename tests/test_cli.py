@@ -119,6 +119,14 @@ def test_md4_evaluate_on_test_split(train):
   assert report["step"] == 6 and report["tokens"] > 0
 
 
+@pytest.mark.parametrize("sampler", ["first_hitting", "maskgit"])
+def test_md4_samples_with_its_other_samplers(train, sampler):
+  workdir, _ = train("md4")
+  _cli("sample", f"--workdir={workdir}", f"--sampler.name={sampler}", "--num_samples=2")
+  record = json.load(open(os.path.join(workdir, "samples_6.json")))
+  assert record["sampler"] == sampler and len(record["samples"]) == 2
+
+
 def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
   workdir, _ = causal_run
   out = subprocess.run(

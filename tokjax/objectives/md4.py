@@ -83,7 +83,8 @@ class MD4(Objective):
   name: str = dataclasses.field(default="md4", init=False)
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="elbo_upper_bound", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=("md4", "maskgit"), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(
+      default=("md4", "first_hitting", "maskgit"), init=False)
 
   @classmethod
   def from_config(cls, config, tokenizer) -> "MD4":

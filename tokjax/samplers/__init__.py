@@ -2,11 +2,14 @@
 
 `get_sampler(name)` returns `sample(fns, params, prompt, rng, **settings)`.
 """
-from tokjax.samplers import autoregressive, maskgit, md4
+from tokjax.samplers import autoregressive, first_hitting, maskgit, md4
 from tokjax.samplers.base import ModelFns, model_fns
 from tokjax.samplers.categorical import precision_scope, sample_categorical
 
-SAMPLERS = {"ar": autoregressive.sample, "maskgit": maskgit.sample, "md4": md4.sample}
+SAMPLERS = {
+    "ar": autoregressive.sample, "first_hitting": first_hitting.sample, "maskgit": maskgit.sample,
+    "md4": md4.sample,
+}
 
 
 def get_sampler(name: str):

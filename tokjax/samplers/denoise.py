@@ -35,8 +35,8 @@ def denoiser_logits(fns: ModelFns, settings, params, z: jax.Array, t) -> jax.Arr
   return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
 
 
-def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, num_steps: int,
-             schedule) -> None:
+def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, schedule,
+             num_steps: int = 1) -> None:
   """Raises ValueError, naming the fix, on shapes, lengths or settings that cannot work."""
   if prompt.ndim != 2:
     raise ValueError(f"prompt must be int32[batch, prompt_len], got shape {prompt.shape}.")
