@@ -44,7 +44,7 @@ EXPECTED = {
     "prefix_lm": ("exact_conditional", None), "meap": ("exact", "ar"), "fim": ("exact", "ar"),
     "cm3": ("exact", "ar"), "multi_token": ("exact", "ar"), "mlm": ("pseudo_likelihood", "maskgit"),
     "maskgit": ("pseudo_likelihood", "maskgit"), "span_corruption": ("pseudo_likelihood", None),
-    "mixture": ("pseudo_likelihood", "maskgit"), "electra": ("none", None),
+    "mixture": ("pseudo_likelihood", "maskgit"), "electra": ("none", "maskgit"),
     "mixture:md4": ("elbo_upper_bound", "md4"),
 }
 MIXTURE_FIRST = {"mixture:md4": "--config.mixture.objectives=('md4', 'maskgit')"}

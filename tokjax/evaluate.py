@@ -2,11 +2,14 @@
 
   python -m tokjax.evaluate --workdir DIR [--split validation|test] [--max_batches N]
 
-Prints the report and writes it as JSON to WORKDIR/eval_SPLIT.json.
+Prints the report and writes it as JSON to WORKDIR/eval_SPLIT.json. Under
+`launch/local_multiprocess.sh N evaluate ...` every process scores its share of
+each batch and process 0 alone prints and writes.
 """
 import json
 import os
 
+import jax
 from absl import app, flags
 
 from tokjax import evaluation, runtime
@@ -31,9 +34,10 @@ def main(argv):
       max_batches=f.max_batches, split=f.split, seed=exp.config.seed,
   )
   report["step"] = step
-  print(evaluation.format_report(report))
-  with open(os.path.join(f.workdir, f"eval_{f.split}.json"), "w") as out:
-    json.dump(report, out, indent=1)
+  if jax.process_index() == 0:
+    print(evaluation.format_report(report))
+    with open(os.path.join(f.workdir, f"eval_{f.split}.json"), "w") as out:
+      json.dump(report, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from tokjax.data.shakespeare import Shakespeare
 from tokjax.data.text_files import TextFiles, TextFilesConfig
@@ -45,6 +47,10 @@ BUILDERS: dict[str, Callable[..., tfds.core.DatasetBuilder]] = {
 def prepare(config_data) -> tfds.core.DatasetBuilder:
   """Returns the builder named by `config_data.name`, prepared on disk.
 
+  In a multi-process run, process 0 prepares first while the others wait, and
+  then the others prepare too: a no-op on a shared disk (where writing at once
+  would race on TFDS's final rename), the real thing on hosts with their own.
+
   Raises:
     ValueError: an unknown name, listing the registered ones.
   """
@@ -54,6 +60,17 @@ def prepare(config_data) -> tfds.core.DatasetBuilder:
         f"{', '.join(BUILDERS)} (e.g. --config.data.name=text_files)."
     )
   data_dir = os.path.expanduser(config_data.data_dir)
+  first = jax.process_index() == 0
+  if first:
+    builder = _prepared(config_data, data_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"tokjax: {config_data.name} prepared by process 0")
+  if not first:  # Built only now, so it sees what process 0 wrote.
+    builder = _prepared(config_data, data_dir)
+  return builder
+
+
+def _prepared(config_data, data_dir: str) -> tfds.core.DatasetBuilder:
   builder = BUILDERS[config_data.name](config_data, data_dir)
   builder.download_and_prepare()
   return builder

@@ -1,0 +1,121 @@
+"""The real `launch/local_multiprocess.sh` with 2 processes: train, evaluate, sample.
+
+The global batch of 2 is not a multiple of P² = 4, so an eval that divides the
+batch by the process count twice (the old bug) fails; the 2-process figures
+must match one process scoring the same checkpoint.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tiny import ROOT, cli_flags
+
+LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
+ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHON=sys.executable)
+# seq_len 8 packs the 22 validation tokens into 3 windows: 2 global batches of
+# 2, the second padded with an all-PAD row (process 1's whole share).
+RUN = ["--config.seq_len=8", "--config.batch_size=2", "--config.num_train_steps=4",
+       "--config.eval_every_steps=2", "--config.eval_steps=1", "--config.final_eval_steps=-1",
+       "--config.checkpoint_every_steps=2"]
+REPORT_KEYS = ("kind", "tokens", "bytes", "nats_per_token", "bits_per_byte", "step")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _run(cmd, env, timeout=240) -> str:
+  """Runs `cmd` in its own process group, killing the whole group on timeout."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    stdout, stderr = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    raise
+  assert proc.returncode == 0, stderr[-3000:]
+  return stdout
+
+
+def _launch(*args) -> str:
+  """`local_multiprocess.sh 2 ARGS...` on a free coordinator port."""
+  return _run([LAUNCHER, "2", *args], dict(ENV, JAX_PORT=str(_free_port())))
+
+
+def _cli(module, *args) -> str:
+  """One process: `python -m tokjax.MODULE ARGS...`."""
+  return _run([sys.executable, "-m", f"tokjax.{module}", *args], ENV)
+
+
+def _evals(workdir) -> dict:
+  """step -> the eval/* records of WORKDIR/metrics.jsonl."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for record in map(json.loads, f):
+      evals = {k[5:]: v for k, v in record.items() if k.startswith("eval/")}
+      if evals:
+        out[record["step"]] = evals
+  return out
+
+
+def _assert_same_figures(got: dict, want: dict, keys) -> None:
+  for key in keys:
+    if isinstance(want[key], float):
+      assert math.isclose(got[key], want[key], rel_tol=1e-6), (key, got[key], want[key])
+    else:
+      assert got[key] == want[key], key
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-process training run: steps 1-4, eval and checkpoint at 2, final eval at 4."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))  # Fresh: both processes find it missing.
+  flags = [*cli_flags(data_dir), *RUN]
+  workdir = str(tmp_path_factory.mktemp("mp"))
+  _launch(f"--workdir={workdir}", *flags)  # The old form: no CLI named, so train.
+  return workdir
+
+
+def test_periodic_eval_scores_eval_steps_batches(run, tmp_path):
+  """The step-2 eval equals one process scoring 1 batch of the step-2 checkpoint."""
+  workdir = str(tmp_path / "step2")
+  shutil.copytree(os.path.join(run, "checkpoints", "2"),
+                  os.path.join(workdir, "checkpoints", "2"))
+  _cli("evaluate", f"--workdir={workdir}", "--max_batches=1")
+  want = json.load(open(os.path.join(workdir, "eval_validation.json")))
+  assert want["step"] == 2 and want["tokens"] == 14  # Two windows of 8, 7 targets each.
+  _assert_same_figures(_evals(run)[2], want, ("nats_per_token", "bits_per_byte"))
+
+
+def test_two_process_evaluate_matches_one_process(run):
+  stdout = _launch("evaluate", f"--workdir={run}")
+  assert stdout.count("[validation] causal: exact") == 1  # Printed by process 0 only.
+  path = os.path.join(run, "eval_validation.json")
+  two = json.load(open(path))
+  os.remove(path)
+  _cli("evaluate", f"--workdir={run}")
+  one = json.load(open(path))
+  assert one["step"] == 4 and one["tokens"] == 19  # All 3 windows: 7 + 7 + 5 targets.
+  _assert_same_figures(two, one, REPORT_KEYS)
+  # The training run's final eval covered the whole split too.
+  _assert_same_figures(_evals(run)[4], one, ("nats_per_token", "bits_per_byte"))
+
+
+def test_two_process_sample(run):
+  stdout = _launch("sample", f"--workdir={run}", "--num_samples=2",
+                   "--sampler.ar.max_new_tokens=12")
+  assert stdout.count("--- sample 0 ") == 1  # Printed by process 0 only.
+  record = json.load(open(os.path.join(run, "samples_4.json")))
+  assert record["step"] == 4 and len(record["samples"]) == 2
+  # The same sampler settings as the run's final samples, so the same texts.
+  assert record["samples"] == json.load(open(os.path.join(run, "samples.json")))["samples"]
