@@ -101,12 +101,13 @@ def test_sigkill_then_rerun_reproduces_losses_exactly(tmp_path, data_dir):
   assert len(_losses(reference)) == 60
 
 
-def test_sample_cli_keeps_the_prompt(causal_run):
+def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):
+  """Flags override single settings; the rest are the run's (max_new_tokens=12), not defaults."""
   workdir, _ = causal_run
   _cli("sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--num_samples=3",
-       "--sampler.ar.max_new_tokens=8")
+       "--sampler.ar.top_p=0.5")
   record = json.load(open(os.path.join(workdir, "samples_6.json")))
-  assert len(record["samples"]) == 3
+  assert len(record["samples"]) == 3 and (record["top_p"], record["max_new_tokens"]) == (0.5, 12)
   assert all(s.startswith("ROMEO:") for s in record["samples"])
 
 

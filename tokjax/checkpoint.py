@@ -66,6 +66,25 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], step
 
+  def restore_params(self, abstract_params, config_dict: dict):
+    """Restores only the parameters of the latest checkpoint, onto their shardings.
+
+    For sampling and evaluation: the optimizer state is never read. Returns
+    (params, step).
+
+    Raises:
+      FileNotFoundError: no checkpoint in the workdir.
+      ValueError: the checkpoint was written by an incompatible config.
+    """
+    check_compatible(self.saved_config(), config_dict, self.manager.directory)
+    item = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)
+    step = self.manager.latest_step()
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
+    return restored["state"]["params"], step
+
   def saved_config(self) -> dict:
     """The config dict stored with the latest checkpoint.
 

@@ -1,10 +1,24 @@
-"""Turns a config's sampler settings into samples from a trained model."""
+"""Turns a config's sampler settings into samples from a trained model.
+
+The one place sampling happens: the trainer (after training) and the
+`tokjax.sample` CLI both call `write_samples`.
+"""
 from __future__ import annotations
+
+import functools
+import json
+import os
 
 import jax
 import numpy as np
 
 from tokjax.samplers import get_sampler, model_fns
+
+
+@functools.cache
+def _model_fns(graphdef, model_config):
+  """One `ModelFns` per model, so the samplers' compiled programs are reused across calls."""
+  return model_fns(graphdef, model_config)
 
 
 def sampler_name(exp) -> str:
@@ -44,10 +58,28 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
   kwargs = _sampler_kwargs(exp, name, len(ids))
   prompt_batch = np.tile(ids[None], (num_samples, 1)).astype(np.int32)
   out = get_sampler(name)(
-      model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
+      _model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
       precision=exp.config.sampler.precision, **kwargs,
   )
   texts = [tok.decode(row) for row in np.asarray(jax.device_get(out))]
   record = dict(sampler=name, prompt=prompt, seed=seed, precision=exp.config.sampler.precision,
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
   return texts, record
+
+
+def write_samples(exp, params, workdir: str, step: int,
+                  filename: str = "samples.json") -> list[str]:
+  """Prints samples from the config's sampler and writes them to WORKDIR/filename."""
+  s = exp.config.sampler
+  if not sampler_name(exp):
+    print(f"No sampler for objective {exp.objective.name!r} yet.")
+    return []
+  texts, record = generate(
+      exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed
+  )
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, filename), "w") as f:
+      json.dump(dict(record, step=step, samples=texts), f, indent=1)
+    for i, text in enumerate(texts):
+      print(f"--- sample {i} ({record['sampler']}, precision={record['precision']}) ---\n{text}")
+  return texts

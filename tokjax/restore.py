@@ -4,24 +4,34 @@ from __future__ import annotations
 import ml_collections
 
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
+from tokjax.config import sampler_config
 from tokjax.experiment import Experiment
 
 
-def load_run(workdir: str, overrides: dict | None = None):
+def load_run(workdir: str, sampler_overrides: dict | None = None):
   """Returns (Experiment, params, step) from the latest checkpoint in `workdir`.
 
-  `overrides` replaces top-level config sections that do not change the saved
-  state (e.g. {'sampler': ...}).
+  Only the parameters are restored. The run's saved sampler settings are kept
+  (sections it lacks take today's defaults), and `sampler_overrides`, a flat
+  dict such as {'ar.top_p': 0.9, 'prompt': 'ROMEO:'}, is applied on top.
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`.
+    ValueError: the checkpoint was written by an incompatible config.
   """
   ckpt = Checkpointer(workdir)
   config = ml_collections.ConfigDict(ckpt.saved_config())
-  for key, value in (overrides or {}).items():
-    config[key] = value
+  sampler = sampler_config()
+  sampler.update(config.sampler)
+  for key, value in (sampler_overrides or {}).items():
+    *path, leaf = key.split(".")
+    section = sampler
+    for part in path:
+      section = section[part]
+    section[leaf] = value
+  config.sampler = sampler
   exp = Experiment.create(config)
   abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
-  state, step = ckpt.restore(abstract, config.to_dict())
+  params, step = ckpt.restore_params(abstract["params"], config.to_dict())
   ckpt.close()
-  return exp, state["params"], step
+  return exp, params, step

@@ -1,23 +1,25 @@
 """CLI: sample from the latest checkpoint of a run.
 
-  python -m tokjax.sample --workdir DIR [--prompt TEXT] [--num_samples N] \
-      [--sampler.precision=float64 --sampler.ar.top_p=0.9 --sampler.md4.num_steps=128 ...]
+  python -m tokjax.sample --workdir DIR [--sampler.prompt=TEXT] [--sampler.num_samples=N] \
+      [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...]
 
-Uses the objective's default sampler unless --sampler.name is set. Prints the
-samples and writes them, with the sampler settings, to WORKDIR/samples_STEP.json.
+Starts from the run's saved sampler settings; each --sampler.KEY flag given
+overrides one of them. The sampler is the objective's default unless
+--sampler.name picks another that fits it. Prints the samples and writes them,
+with the sampler settings, to WORKDIR/samples_STEP.json. Only the parameters
+are restored, not the optimizer state.
 """
 from absl import app, flags
 from ml_collections import config_flags
 
-from tokjax import runtime
+from tokjax import generation, runtime
 from tokjax.config import sampler_config
 from tokjax.restore import load_run
-from tokjax.trainer import write_samples
 
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
-flags.DEFINE_string("prompt", None, "Text prefix to continue (default: the run's config).")
-flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's config).")
-config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings.")
+flags.DEFINE_string("prompt", None, "Text prefix to continue (default: the run's).")
+flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's).")
+config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -25,13 +27,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.initialize()
-  sampler = flags.FLAGS.sampler
-  if flags.FLAGS.prompt is not None:
-    sampler.prompt = flags.FLAGS.prompt
-  if flags.FLAGS.num_samples is not None:
-    sampler.num_samples = flags.FLAGS.num_samples
-  exp, params, step = load_run(flags.FLAGS.workdir, {"sampler": sampler})
-  write_samples(exp, params, flags.FLAGS.workdir, step, f"samples_{step}.json")
+  f = flags.FLAGS
+  overrides = dict(config_flags.get_override_values(f["sampler"]))
+  if f.prompt is not None:
+    overrides["prompt"] = f.prompt
+  if f.num_samples is not None:
+    overrides["num_samples"] = f.num_samples
+  exp, params, step = load_run(f.workdir, overrides)
+  generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import ml_collections
 import optax
@@ -113,7 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log.flush()
   if jax.process_index() == 0:
     print(evaluation.format_report(final))
-  write_samples(exp, state["params"], workdir, int(state["step"]))
+  generation.write_samples(exp, state["params"], workdir, int(state["step"]))
   log.writer.close()
   ckpt.close()
   return final
@@ -121,21 +118,3 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _eval_scalars(report: dict) -> dict:
   return {f"eval/{k}": v for k, v in report.items() if isinstance(v, float)}
-
-
-def write_samples(exp: Experiment, params, workdir: str, step: int,
-                  filename: str = "samples.json") -> list[str]:
-  """Prints samples from the config's sampler and writes them to WORKDIR/filename."""
-  s = exp.config.sampler
-  if not generation.sampler_name(exp):
-    print(f"No sampler for objective {exp.objective.name!r} yet; set --config.sampler.name.")
-    return []
-  texts, record = generation.generate(
-      exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed
-  )
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, filename), "w") as f:
-      json.dump(dict(record, step=step, samples=texts), f, indent=1)
-    for i, text in enumerate(texts):
-      print(f"--- sample {i} ({record['sampler']}, precision={record['precision']}) ---\n{text}")
-  return texts
