@@ -41,7 +41,7 @@ def _losses(workdir):
 # kind of likelihood its report must carry and the sampler it must end with.
 EXPECTED = {
     "causal": ("exact", "ar"), "md4": ("elbo_upper_bound", "md4"),
-    "prefix_lm": ("exact_conditional", None), "meap": ("exact", "ar"), "fim": ("exact", "ar"),
+    "prefix_lm": ("exact_conditional", "ar"), "meap": ("exact", "ar"), "fim": ("exact", "ar"),
     "cm3": ("exact", "ar"), "multi_token": ("exact", "ar"), "mlm": ("pseudo_likelihood", "maskgit"),
     "maskgit": ("pseudo_likelihood", "maskgit"), "span_corruption": ("pseudo_likelihood", None),
     "mixture": ("pseudo_likelihood", "maskgit"), "electra": ("none", "maskgit"),

@@ -139,6 +139,31 @@ def test_ar_cached_equals_uncached_greedy_and_keeps_prompt():
     get_sampler("ar")(fns, params, prompt, jax.random.key(0), **{**kwargs, "max_new_tokens": 13})
 
 
+def test_ar_with_prefix_attention_matches_the_prefix_lm_forward():
+  """Cached and uncached prefix decoding give the greedy tokens of a reference
+  loop over the full forward with attention='prefix', prefix_len = prompt_len."""
+  fns, params = tiny_model()
+  prompt = jax.random.randint(jax.random.key(3), (3, 5), 0, 32, dtype=jnp.int32)
+  kwargs = dict(max_new_tokens=6, eos_id=31, pad_id=0, temperature=0.0, prefix_attention=True)
+  cached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs)
+  uncached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), use_kv_cache=False,
+                               **kwargs)
+  tokens = np.asarray(prompt)
+  for _ in range(6):
+    logits = fns.forward(params, jnp.asarray(tokens), attention="prefix",
+                         prefix_len=jnp.full((3,), 5, jnp.int32))
+    tokens = np.concatenate([tokens, np.argmax(logits[:, -1], -1)[:, None]], axis=1)
+  np.testing.assert_array_equal(cached, tokens)
+  np.testing.assert_array_equal(uncached, tokens)
+  # The prefill's logits are the prefix forward's, which differ from causal ones.
+  prefix_len = jnp.full((3,), 5, jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(5), (3, 5))
+  prefill, _ = fns.decode(params, prompt, positions, fns.init_cache(3, 11), prefix_len=prefix_len)
+  want = fns.forward(params, prompt, attention="prefix", prefix_len=prefix_len)
+  np.testing.assert_allclose(prefill, want, atol=1e-5)
+  assert np.abs(want - fns.forward(params, prompt, attention="causal")).max() > 1e-2
+
+
 def counting_fns(vocab):
   """Toy model: the next token is always (current token + 1) mod vocab."""
 

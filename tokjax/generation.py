@@ -28,11 +28,11 @@ def sampler_name(exp) -> str:
 
 def _sampler_kwargs(exp, name: str, prompt_len: int) -> dict:
   c, tok = exp.config, exp.tokenizer
-  settings = dict(c.sampler[name])
+  settings, spec = dict(c.sampler[name]), exp.objective.sampling_spec()
   if name == "ar":
     settings["max_new_tokens"] = min(settings["max_new_tokens"], c.seq_len - prompt_len)
-    return dict(settings, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  spec = exp.objective.sampling_spec()
+    return dict(settings, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                prefix_attention=spec.prefix_attention)
   return dict(
       settings, seq_len=c.seq_len, mask_id=spec.mask_id, forbidden_ids=spec.forbidden_ids,
       schedule=spec.noise_schedule, time_conditioning=spec.time_conditioning,

@@ -68,13 +68,18 @@ def attention_mask(mode: str, seq_len: int, prefix_len: jax.Array | None) -> jax
   return causal | in_prefix[:, None, None, :]
 
 
-def cache_mask(positions: jax.Array, cache_len: int) -> jax.Array:
-  """Causal mask over KV-cache slots: slot s is visible iff s <= position.
+def cache_mask(positions: jax.Array, cache_len: int, prefix_len: jax.Array | None = None) -> jax.Array:
+  """Mask over KV-cache slots: slot s is visible iff s <= position, or s < prefix_len.
 
-  positions: int32[batch, q_len] -> bool[batch, 1, q_len, cache_len].
+  positions: int32[batch, q_len]; prefix_len: int32[batch] or None (causal)
+  -> bool[batch, 1, q_len, cache_len]. With prefix_len, a prefill of the prefix
+  attends bidirectionally inside it, as attention_mask('prefix') does.
   """
   slots = jnp.arange(cache_len, dtype=jnp.int32)
-  return slots[None, None, None, :] <= positions[:, None, :, None]
+  visible = slots[None, None, None, :] <= positions[:, None, :, None]
+  if prefix_len is None:
+    return visible
+  return visible | (slots[None, :] < jnp.asarray(prefix_len, jnp.int32)[:, None])[:, None, None, :]
 
 
 class Attention(nnx.Module):

@@ -32,13 +32,15 @@ class Block(nnx.Module):
     x = x + self.attn.attend(q, k, v, mask)
     return x + self.mlp(self.mlp_norm(x))
 
-  def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array):
+  def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+             prefix_len: jax.Array | None = None):
     """Block step that writes the new keys/values into this layer's KV cache.
 
     Args:
       x: float[batch, q_len, embed] hidden states of the new tokens.
       positions: int32[batch, q_len], contiguous, same start in every row.
       cache_k, cache_v: float[batch, cache_len, heads, kv]; slot == position.
+      prefix_len: int32[batch] slots every query sees (see `cache_mask`), or None.
 
     Returns:
       (x, cache_k, cache_v) with x float[batch, q_len, embed].
@@ -48,5 +50,6 @@ class Block(nnx.Module):
     start = (zero, positions[0, 0].astype(jnp.int32), zero, zero)
     cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
     cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-    x = x + self.attn.attend(q, cache_k, cache_v, cache_mask(positions, cache_k.shape[1]))
+    mask = cache_mask(positions, cache_k.shape[1], prefix_len)
+    x = x + self.attn.attend(q, cache_k, cache_v, mask)
     return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v

@@ -143,17 +143,19 @@ class Transformer(nnx.Module):
     """An empty KV cache for `decode`; see the module-level `init_cache`."""
     return init_cache(self.config, batch_size, max_len)
 
-  def decode(self, tokens, positions, cache):
+  def decode(self, tokens, positions, cache, prefix_len=None):
     """KV-cache forward: causal logits of `tokens` given everything cached.
 
     q_len = prompt length is a batched prefill; q_len = 1 is one step. Matches
-    `__call__(..., attention='causal')` on the full sequence.
+    `__call__(..., attention='causal')` on the full sequence, or with
+    prefix_len `__call__(..., attention='prefix', prefix_len=prefix_len)`.
 
     Args:
       tokens: int32[batch, q_len] new tokens.
       positions: int32[batch, q_len] their positions: contiguous, with the
         same start in every row (only positions[0, 0] picks the cache slots).
       cache: from `init_cache`; slots < positions[:, 0] must hold the prefix.
+      prefix_len: int32[batch] or None: slots below it are visible to every query.
 
     Returns:
       (float32[batch, q_len, vocab_size] logits, updated cache).
@@ -169,7 +171,7 @@ class Transformer(nnx.Module):
     x = self._embed(tokens, None)
     new_k, new_v = [], []
     for block, cache_k, cache_v in zip(self.blocks, cache["k"], cache["v"]):
-      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v)
+      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v, prefix_len)
       new_k.append(cache_k)
       new_v.append(cache_v)
     return self.logits_from_hidden(x), {"k": tuple(new_k), "v": tuple(new_v)}

@@ -69,12 +69,14 @@ class SamplingSpec:
     forbidden_ids: ids the trained distribution gives probability 0.
     noise_schedule: the masking schedule alpha_t (None: not masked diffusion).
     time_conditioning: whether the network takes the diffusion time t.
+    prefix_attention: whether a prompt is a bidirectional prefix (prefix LM).
   """
 
   mask_id: int = -1
   forbidden_ids: tuple[int, ...] = ()
   noise_schedule: MaskingSchedule | None = None
   time_conditioning: bool = False
+  prefix_attention: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

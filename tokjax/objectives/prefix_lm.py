@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,11 @@ class PrefixLM(Objective):
   name: str = dataclasses.field(default="prefix_lm", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
   likelihood_kind: str = dataclasses.field(default="exact_conditional", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
+
+  def sampling_spec(self) -> SamplingSpec:
+    """The prompt is the bidirectional prefix; generation continues causally."""
+    return SamplingSpec(prefix_attention=True)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     batch, length = tokens.shape

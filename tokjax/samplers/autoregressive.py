@@ -5,6 +5,12 @@ each step decodes the last written token (one position) and samples the next.
 No-cache path: each step runs `fns.forward` causally over the whole
 fixed-length buffer and reads the logits at the last written position; causal
 attention makes the not-yet-written tail irrelevant. Both paths share `step`.
+
+With prefix_attention (a prefix LM: "What Language Model Architecture and
+Pretraining Objective Work Best for Zero-Shot Generalization?", Wang et al.
+2022, Sec. 3.1), the prompt is the bidirectional prefix: the prefill covers
+the whole prompt with every prompt token seeing all of it, and generated tokens
+attend causally, exactly as `attention='prefix'` with prefix_len = prompt_len.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class ARSettings(NamedTuple):
   top_p: float
   precision: str
   use_kv_cache: bool
+  prefix_attention: bool
 
 
 def sample(
@@ -65,6 +72,7 @@ def sample(
     top_p: float = 1.0,
     precision: str = "float32",
     use_kv_cache: bool = True,
+    prefix_attention: bool = False,
     debug: bool = False,
     on_step: Callable[[ARState], None] | None = None,
 ) -> jax.Array:
@@ -81,6 +89,7 @@ def sample(
     temperature, top_k, top_p, precision: see `categorical.sample_categorical`.
     use_kv_cache: KV-cache decoding (True) or a full forward per step (False);
       under temperature 0 both give the same tokens.
+    prefix_attention: treat the prompt as a bidirectional prefix (prefix LM).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `ARState` after every step.
 
@@ -94,7 +103,7 @@ def sample(
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   settings = ARSettings(max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
-                        precision, use_kv_cache)
+                        precision, use_kv_cache, prefix_attention)
   _validate(fns, prompt, settings)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
@@ -111,7 +120,8 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
 
 
 def init_state(fns: ModelFns, settings: ARSettings, params, prompt, rng) -> ARState:
-  """Output buffer with the prompt, and the KV cache prefilled with prompt[:, :-1]."""
+  """Output buffer with the prompt, and the KV cache prefilled with prompt[:, :-1]
+  (the whole prompt, bidirectionally, with prefix_attention)."""
   batch, prompt_len = prompt.shape
   total_len = prompt_len + settings.max_new_tokens
   tokens = jnp.full((batch, total_len), settings.pad_id, jnp.int32)
@@ -119,7 +129,10 @@ def init_state(fns: ModelFns, settings: ARSettings, params, prompt, rng) -> ARSt
   cache = None
   if settings.use_kv_cache:
     cache = fns.init_cache(batch, total_len)
-    if prompt_len > 1:
+    if settings.prefix_attention:
+      _, cache = fns.decode(params, prompt, _positions(batch, 0, prompt_len), cache,
+                            prefix_len=_prefix_len(prompt))
+    elif prompt_len > 1:
       positions = _positions(batch, 0, prompt_len - 1)
       _, cache = fns.decode(params, prompt[:, :-1], positions, cache)
   return ARState(tokens, jnp.int32(prompt_len), jnp.zeros((batch,), bool), rng, cache)
@@ -152,8 +165,17 @@ def _next_logits(fns, settings, params, state):
     token = jax.lax.dynamic_slice_in_dim(state.tokens, last, 1, axis=1)
     logits, cache = fns.decode(params, token, _positions(token.shape[0], last, 1), state.cache)
     return logits[:, 0], cache
-  logits = fns.forward(params, state.tokens, attention="causal")
+  if settings.prefix_attention:
+    prompt = state.tokens[:, : state.tokens.shape[1] - settings.max_new_tokens]
+    logits = fns.forward(params, state.tokens, attention="prefix", prefix_len=_prefix_len(prompt))
+  else:
+    logits = fns.forward(params, state.tokens, attention="causal")
   return jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False), None
+
+
+def _prefix_len(prompt: jax.Array) -> jax.Array:
+  """int32[batch]: the whole prompt is the prefix."""
+  return jnp.full(prompt.shape[:1], prompt.shape[1], jnp.int32)
 
 
 def _positions(batch: int, start, length: int) -> jax.Array:

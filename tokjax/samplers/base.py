@@ -24,7 +24,8 @@ class ModelFns(NamedTuple):
     forward: (params, tokens int32[batch, seq_len], **kw) -> logits
       float32[batch, seq_len, vocab]; kw may hold attention=..., time=float32[batch].
     decode: (params, tokens int32[batch, q_len], positions int32[batch, q_len],
-      cache) -> (logits float32[batch, q_len, vocab], cache); None if no KV cache.
+      cache, prefix_len=None) -> (logits float32[batch, q_len, vocab], cache);
+      None if no KV cache.
     init_cache: (batch_size, max_len) -> empty cache; None if no KV cache.
     max_seq_len: longest sequence the model accepts; None if unbounded.
   """
@@ -45,8 +46,8 @@ def model_fns(graphdef: nnx.GraphDef, config: TransformerConfig) -> ModelFns:
   def forward(params, tokens, **kwargs):
     return nnx.merge(graphdef, params)(tokens, **kwargs)
 
-  def decode(params, tokens, positions, cache):
-    return nnx.merge(graphdef, params).decode(tokens, positions, cache)
+  def decode(params, tokens, positions, cache, prefix_len=None):
+    return nnx.merge(graphdef, params).decode(tokens, positions, cache, prefix_len)
 
   def new_cache(batch_size, max_len):
     return init_cache(config, batch_size, max_len)
