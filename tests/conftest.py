@@ -12,11 +12,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-jax.config.update(
-    "jax_compilation_cache_dir",
-    # Its own directory: executables compiled for 8 fake devices are never
-    # shared with the CLIs' (one device, or several processes).
+from tokjax import runtime  # noqa: E402
+
+# The CLIs' code path: with the 8 fake CPU devices it leaves the persistent
+# cache off, since restored multi-device CPU executables can deadlock (see
+# runtime.configure_compile_cache). The CLI tests' subprocesses (one device)
+# still use their own cache. Its own directory: executables compiled here are
+# never shared with the CLIs' (one device, or several processes).
+runtime.configure_compile_cache(
     os.environ.get("TOKJAX_JAX_CACHE", os.path.expanduser("~/.cache/tokjax/jax-tests")),
+    min_compile_time_secs=0.0,
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

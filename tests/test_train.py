@@ -102,5 +102,5 @@ def test_missing_data_path_is_a_clear_error(data_dir, tmp_path):
 def test_sampler_that_does_not_fit_the_objective_is_a_clear_error(data_dir):
   config = tiny_config(data_dir, objective="md4")
   config.sampler.name = "ar"
-  with pytest.raises(ValueError, match="samplers that do: md4, maskgit"):
+  with pytest.raises(ValueError, match="samplers that do: md4, first_hitting, maskgit"):
     Experiment.create(config)

@@ -30,5 +30,28 @@ def initialize() -> None:
   # reused by a single-process run (or the reverse).
   layout = f"jax-{jax.process_count()}proc"
   cache = env.get("TOKJAX_JAX_CACHE", os.path.expanduser(f"~/.cache/tokjax/{layout}"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  configure_compile_cache(cache, min_compile_time_secs=1.0)
+
+
+def configure_compile_cache(cache_dir: str, min_compile_time_secs: float) -> bool:
+  """Enables jax's persistent compilation cache in `cache_dir`; returns whether it is on.
+
+  It stays off on CPU when more than one device takes part (several processes,
+  or --xla_force_host_platform_device_count): an XLA:CPU executable restored
+  from the cache can deadlock in its collectives. XLA makes every device start
+  its collectives in one order through "scheduling" edges between the thunks
+  that share a communicator resource, but the thunk serializer re-creates that
+  resource separately for each nested sequence (a while loop's condition or
+  body, a call, a conditional). The restored executable thus lacks the edges
+  between such a loop and the other collectives, devices start them in
+  different orders, blocked collectives use up the thread pool, and XLA aborts
+  ("Termination timeout ... Exiting"). Freshly compiled programs keep the edges.
+  One CPU device runs no collectives, so single-process CLIs keep the cache.
+  (Another CPU cache defect, entries rejected on reload: jax-ml/jax#38445.)
+  """
+  if jax.default_backend() == "cpu" and jax.device_count() > 1:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return False
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
+  return True
