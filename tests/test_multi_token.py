@@ -133,9 +133,9 @@ def test_cached_greedy_sampling_equals_uncached():
   fns = model_fns(graphdef, CONFIG)
   prompt = jax.random.randint(jax.random.key(3), (2, 4), 0, PAD, dtype=jnp.int32)
   kwargs = dict(max_new_tokens=8, eos_id=PAD, pad_id=PAD, temperature=0.0)
-  cached = autoregressive.sample(fns, params, prompt, jax.random.key(0), **kwargs)
+  cached = autoregressive.sample(fns, params, prompt, jax.random.key(0), **kwargs).tokens
   uncached = autoregressive.sample(fns, params, prompt, jax.random.key(0), use_kv_cache=False,
-                                   **kwargs)
+                                   **kwargs).tokens
   assert cached.shape == (2, 12)
   np.testing.assert_array_equal(cached, uncached)
   np.testing.assert_array_equal(cached[:, :4], prompt)

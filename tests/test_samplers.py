@@ -129,10 +129,10 @@ def test_ar_cached_equals_uncached_greedy_and_keeps_prompt():
   fns, params = tiny_model()
   prompt = jax.random.randint(jax.random.key(3), (3, 4), 0, 32, dtype=jnp.int32)
   kwargs = dict(max_new_tokens=10, eos_id=31, pad_id=0, temperature=0.0)
-  cached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs)
+  cached, nfe = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs)
   uncached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), use_kv_cache=False,
-                               **kwargs)
-  assert cached.shape == (3, 14) and cached.dtype == jnp.int32
+                               **kwargs).tokens
+  assert cached.shape == (3, 14) and cached.dtype == jnp.int32 and int(nfe) == 10
   np.testing.assert_array_equal(cached, uncached)
   np.testing.assert_array_equal(cached[:, :4], prompt)
   with pytest.raises(ValueError, match="max_seq_len"):
@@ -145,9 +145,9 @@ def test_ar_with_prefix_attention_matches_the_prefix_lm_forward():
   fns, params = tiny_model()
   prompt = jax.random.randint(jax.random.key(3), (3, 5), 0, 32, dtype=jnp.int32)
   kwargs = dict(max_new_tokens=6, eos_id=31, pad_id=0, temperature=0.0, prefix_attention=True)
-  cached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs)
+  cached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), **kwargs).tokens
   uncached = get_sampler("ar")(fns, params, prompt, jax.random.key(0), use_kv_cache=False,
-                               **kwargs)
+                               **kwargs).tokens
   tokens = np.asarray(prompt)
   for _ in range(6):
     logits = fns.forward(params, jnp.asarray(tokens), attention="prefix",
@@ -183,11 +183,11 @@ def test_ar_stops_at_eos_and_pads_after_it(use_kv_cache):
   prompt = jnp.array([[4, 5], [0, 1]], jnp.int32)
   kwargs = dict(max_new_tokens=8, eos_id=7, pad_id=0, use_kv_cache=use_kv_cache)
   expected = [[4, 5, 6, 7, 0, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 0, 0]]
-  out = autoregressive.sample(fns, None, prompt, jax.random.key(0), **kwargs)
-  assert out.tolist() == expected
+  out, nfe = autoregressive.sample(fns, None, prompt, jax.random.key(0), **kwargs)
+  assert out.tolist() == expected and int(nfe) == 6  # Stops when the last row emits EOS.
   steps = []
   out = autoregressive.sample(fns, None, prompt, jax.random.key(0), debug=True,
-                              on_step=steps.append, **kwargs)
+                              on_step=steps.append, **kwargs).tokens
   assert out.tolist() == expected
   assert len(steps) == 6  # the loop ends when the last row emits EOS
   assert steps[0].tokens[:, 2].tolist() == [6, 2]
@@ -218,8 +218,9 @@ def test_md4_unmasks_on_schedule_and_never_remasks():
                 time_conditioning=True, forbidden_ids=(pad_id,))
   states = []
   out = md4.sample(fns, params, prompt, jax.random.key(5), debug=True, on_step=states.append,
-                   **kwargs)
-  np.testing.assert_array_equal(out, md4.sample(fns, params, prompt, jax.random.key(5), **kwargs))
+                   **kwargs).tokens
+  np.testing.assert_array_equal(
+      out, md4.sample(fns, params, prompt, jax.random.key(5), **kwargs).tokens)
   assert len(states) == num_steps
   out = np.asarray(out)
   assert not (out == mask_id).any() and not (out == pad_id).any()
@@ -241,12 +242,31 @@ def test_md4_unmasks_on_schedule_and_never_remasks():
     previous = z
 
 
+def test_md4_cached_gives_the_uncached_tokens_with_fewer_calls():
+  """On a 64-step grid over 6 masked tokens most steps unmask nothing: cached
+  mode calls the network only after steps that changed z, with the same tokens."""
+  fns = ModelFns(lambda params, z, **kw: toy_logits(z))
+  kwargs = dict(seq_len=6, num_steps=64, schedule=get_schedule("linear"), mask_id=TOY_MASK,
+                forbidden_ids=(TOY_PAD,), top_k=2, top_p=0.9)
+  prompt = jnp.zeros((4, 0), jnp.int32)
+  plain = md4.sample(fns, None, prompt, jax.random.key(2), **kwargs)
+  states = []
+  cached = md4.sample(fns, None, prompt, jax.random.key(2), cached=True, debug=True,
+                      on_step=states.append, **kwargs)
+  np.testing.assert_array_equal(cached.tokens, plain.tokens)
+  assert int(plain.nfe) == 64
+  changed = [bool(s.stale) for s in states[:-1]]  # Did step k change z (so k+1 must call)?
+  assert int(cached.nfe) == 1 + sum(changed) < 64
+  with pytest.raises(ValueError, match="time_conditioning"):
+    md4.sample(fns, None, prompt, jax.random.key(2), cached=True, time_conditioning=True, **kwargs)
+
+
 def test_md4_with_a_real_model_fills_every_mask():
   fns, params = tiny_model(time_conditioning=True)
   prompt = jnp.array([[5, 6], [7, 8]], jnp.int32)
   out = get_sampler("md4")(fns, params, prompt, jax.random.key(0), seq_len=16, num_steps=4,
                            schedule=get_schedule("linear"), mask_id=31, time_conditioning=True,
-                           precision="float64")
+                           precision="float64").tokens
   assert out.shape == (2, 16) and out.dtype == jnp.int32
   assert not (np.asarray(out) == 31).any()
   np.testing.assert_array_equal(out[:, :2], prompt)
@@ -296,7 +316,7 @@ def test_masked_samplers_match_the_enumerated_distribution(name, steps):
   if steps:
     kwargs["num_steps"] = steps
   out = np.asarray(get_sampler(name)(fns, None, jnp.zeros((20_000, 0), jnp.int32),
-                                     jax.random.key(0), **kwargs))
+                                     jax.random.key(0), **kwargs).tokens)
   counts = np.bincount(np.ravel_multi_index(out.T, (3, 3, 3)), minlength=27)
   assert stats.chisquare(counts, exact_any_order_distribution() * len(out)).pvalue > 1e-3
 
@@ -305,10 +325,10 @@ def test_first_hitting_makes_one_call_per_masked_token():
   fns = ModelFns(lambda params, z, **kw: toy_logits(z))
   states = []
   prompt = jnp.array([[1, TOY_MASK], [TOY_MASK, TOY_MASK]], jnp.int32)  # 1 and 2 holes + 1 tail.
-  out = first_hitting.sample(fns, None, prompt, jax.random.key(0), seq_len=3,
-                             schedule=get_schedule("cosine"), mask_id=TOY_MASK, debug=True,
-                             on_step=states.append)
-  assert len(states) == 3 and int(states[-1].nfe) == 3 and out[0, 0] == 1
+  out, nfe = first_hitting.sample(fns, None, prompt, jax.random.key(0), seq_len=3,
+                                  schedule=get_schedule("cosine"), mask_id=TOY_MASK, debug=True,
+                                  on_step=states.append)
+  assert len(states) == 3 and int(nfe) == 3 and out[0, 0] == 1
   assert not (np.asarray(out) == TOY_MASK).any()
   t = np.array([np.asarray(s.t) for s in states])
   assert (np.diff(t, axis=0) <= 0).all() and (t > 0).all()  # Time only runs backwards.
@@ -330,8 +350,9 @@ def test_maskgit_commits_exactly_the_scheduled_count(schedule, num_steps):
                 forbidden_ids=(pad_id,))
   states = []
   out = maskgit.sample(fns, params, prompt, jax.random.key(1), debug=True, on_step=states.append,
-                       **kwargs)
-  np.testing.assert_array_equal(out, maskgit.sample(fns, params, prompt, jax.random.key(1), **kwargs))
+                       **kwargs).tokens
+  np.testing.assert_array_equal(
+      out, maskgit.sample(fns, params, prompt, jax.random.key(1), **kwargs).tokens)
   out, n0 = np.asarray(out), 18
   assert not np.isin(out, [mask_id, pad_id]).any() and (out[:, [0, 2]] == [1, 3]).all()
   previous = np.asarray(maskgit.masked_canvas(jnp.asarray(prompt), 20, mask_id))

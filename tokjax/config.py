@@ -27,7 +27,7 @@ def sampler_config() -> ml_collections.ConfigDict:
           seed=0,
           precision="float64",  # Gumbel precision for categorical draws.
           ar=dict(max_new_tokens=256, temperature=0.8, top_k=0, top_p=0.95),
-          md4=dict(num_steps=256, temperature=1.0),
+          md4=dict(num_steps=256, temperature=1.0, top_k=0, top_p=1.0, cached=False),
           maskgit=dict(num_steps=16, temperature=1.0, choice_temperature=4.5),
           first_hitting=dict(temperature=1.0, top_k=0, top_p=1.0),
       )

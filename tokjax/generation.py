@@ -61,8 +61,9 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
       _model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
       precision=exp.config.sampler.precision, **kwargs,
   )
-  texts = [tok.decode(row) for row in np.asarray(jax.device_get(out))]
+  texts = [tok.decode(row) for row in np.asarray(jax.device_get(out.tokens))]
   record = dict(sampler=name, prompt=prompt, seed=seed, precision=exp.config.sampler.precision,
+                nfe=int(out.nfe),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
   return texts, record
 

@@ -114,6 +114,6 @@ class MultiTokenModel(nnx.Module):
     """The trunk's empty KV cache; see `Transformer.init_cache`."""
     return self.trunk.init_cache(batch_size, max_len)
 
-  def decode(self, tokens, positions, cache):
+  def decode(self, tokens, positions, cache, prefix_len=None):
     """Head 1's KV-cache forward, exactly the trunk's; see `Transformer.decode`."""
-    return self.trunk.decode(tokens, positions, cache)
+    return self.trunk.decode(tokens, positions, cache, prefix_len)

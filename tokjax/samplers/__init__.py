@@ -3,7 +3,7 @@
 `get_sampler(name)` returns `sample(fns, params, prompt, rng, **settings)`.
 """
 from tokjax.samplers import autoregressive, first_hitting, maskgit, md4
-from tokjax.samplers.base import ModelFns, model_fns
+from tokjax.samplers.base import ModelFns, SampleOutput, model_fns
 from tokjax.samplers.categorical import precision_scope, sample_categorical
 
 SAMPLERS = {
@@ -23,5 +23,5 @@ def get_sampler(name: str):
   return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "ModelFns", "get_sampler", "model_fns", "precision_scope",
+__all__ = ["SAMPLERS", "ModelFns", "SampleOutput", "get_sampler", "model_fns", "precision_scope",
            "sample_categorical"]

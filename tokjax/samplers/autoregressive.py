@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 
 
@@ -75,7 +75,7 @@ def sample(
     prefix_attention: bool = False,
     debug: bool = False,
     on_step: Callable[[ARState], None] | None = None,
-) -> jax.Array:
+) -> SampleOutput:
   """Samples continuations of `prompt` token by token.
 
   Args:
@@ -94,7 +94,8 @@ def sample(
     on_step: with debug=True, called with the `ARState` after every step.
 
   Returns:
-    int32[batch, prompt_len + max_new_tokens].
+    SampleOutput: tokens int32[batch, prompt_len + max_new_tokens], and nfe,
+    the decoding steps taken (fewer than max_new_tokens when all rows stop).
 
   Raises:
     ValueError: a bad prompt shape, prompt_len + max_new_tokens > fns.max_seq_len,
@@ -116,7 +117,8 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
   def cond(s):
     return (s.pos < total_len) & ~jnp.all(s.done)
 
-  return run_loop(cond, step, state, debug=debug, on_step=on_step).tokens
+  state = run_loop(cond, step, state, debug=debug, on_step=on_step)
+  return SampleOutput(state.tokens, state.pos - prompt.shape[1])
 
 
 def init_state(fns: ModelFns, settings: ARSettings, params, prompt, rng) -> ARState:

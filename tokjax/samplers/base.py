@@ -36,6 +36,19 @@ class ModelFns(NamedTuple):
   max_seq_len: int | None = None
 
 
+class SampleOutput(NamedTuple):
+  """What every sampler returns.
+
+  Attributes:
+    tokens: int32[batch, length] the generated sequences (prompt included).
+    nfe: int32[] network calls made inside the sampling loop (a prefill is
+      one more).
+  """
+
+  tokens: jax.Array
+  nfe: jax.Array
+
+
 def model_fns(graphdef: nnx.GraphDef, config: TransformerConfig) -> ModelFns:
   """Closures over a Transformer split as `graphdef, params = nnx.split(model)`.
 

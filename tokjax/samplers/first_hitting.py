@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
@@ -77,7 +77,7 @@ def sample(
     forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[FirstHittingState], None] | None = None,
-) -> jax.Array:
+) -> SampleOutput:
   """Unmasks one token per network call until no MASK is left.
 
   Args:
@@ -97,7 +97,8 @@ def sample(
     on_step: with debug=True, called with the `FirstHittingState` after every step.
 
   Returns:
-    int32[batch, seq_len] without mask_id.
+    SampleOutput: tokens int32[batch, seq_len] without mask_id, and nfe, the
+    most masked tokens of any row.
 
   Raises:
     ValueError: bad shapes or lengths, ids outside the vocabulary, on_step
@@ -117,7 +118,8 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
   def cond(s):
     return jnp.any(s.z == settings.mask_id)
 
-  return run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step).z
+  state = run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step)
+  return SampleOutput(state.z, state.nfe)
 
 
 def next_time(schedule: MaskingSchedule, t: jax.Array, num_masked: jax.Array, u: jax.Array):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
@@ -82,7 +82,7 @@ def sample(
     forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[MaskGITState], None] | None = None,
-) -> jax.Array:
+) -> SampleOutput:
   """Fills every MASK of prompt + MASK * (seq_len - prompt_len) in `num_steps` steps.
 
   Args:
@@ -104,7 +104,7 @@ def sample(
     on_step: with debug=True, called with the `MaskGITState` after every step.
 
   Returns:
-    int32[batch, seq_len] without mask_id.
+    SampleOutput: tokens int32[batch, seq_len] without mask_id, and nfe = K.
 
   Raises:
     ValueError: bad shapes or lengths, num_steps < 1, ids outside the vocabulary,
@@ -126,7 +126,8 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
   def cond(s):
     return s.step < settings.num_steps
 
-  return run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step).z
+  state = run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step)
+  return SampleOutput(state.z, state.step)
 
 
 def num_still_masked(settings: MaskGITSettings, step, num_masked_at_start, num_masked):

@@ -9,6 +9,13 @@ from p_theta(. | z_t) (MASK excluded) and keeps it with probability
 `schedule.unmask_probability(s, t)` = (alpha_s - alpha_t) / (1 - alpha_t);
 unmasked positions never change. The last step keeps every draw, so the output
 has no MASK left (at s = 0 that probability is 1 up to rounding anyway).
+
+With `cached=True` (for a network that ignores t), a step in which no token
+was unmasked leaves z_t unchanged, so the next step reuses the logits instead
+of calling the network (a `lax.cond` in the loop); on a fine grid most steps
+unmask nothing, and the number of function evaluations (NFE) falls to about
+the number of distinct unmasking steps, with the same tokens as uncached for
+the same key.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
@@ -33,11 +40,17 @@ class MD4State:
     z: int32[batch, seq_len] current sequence; mask_id where still masked.
     step: int32[] number of steps taken; the current time is 1 - step / num_steps.
     rng: PRNG key.
+    nfe: int32[] network calls made.
+    logits: float32[batch, seq_len, vocab] the last call's logits (cached mode), else None.
+    stale: bool[] whether z changed since `logits` were computed (cached mode).
   """
 
   z: jax.Array
   step: jax.Array
   rng: jax.Array
+  nfe: jax.Array
+  logits: jax.Array | None = None
+  stale: jax.Array | None = None
 
 
 class MD4Settings(NamedTuple):
@@ -48,9 +61,12 @@ class MD4Settings(NamedTuple):
   schedule: MaskingSchedule
   mask_id: int
   temperature: float
+  top_k: int
+  top_p: float
   precision: str
   time_conditioning: bool
   forbidden_ids: tuple[int, ...]
+  cached: bool
 
 
 def sample(
@@ -64,12 +80,15 @@ def sample(
     schedule: MaskingSchedule,
     mask_id: int,
     temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
     precision: str = "float32",
     time_conditioning: bool = False,
     forbidden_ids: tuple[int, ...] = (),
+    cached: bool = False,
     debug: bool = False,
     on_step: Callable[[MD4State], None] | None = None,
-) -> jax.Array:
+) -> SampleOutput:
   """Generates `seq_len` tokens per row by iterative unmasking.
 
   Args:
@@ -79,43 +98,54 @@ def sample(
       tokens are kept; any mask_id inside it is generated (infilling).
     rng: PRNG key.
     seq_len: output length, <= fns.max_seq_len.
-    num_steps: T >= 1 network calls.
+    num_steps: T >= 1 steps on the grid t_i = i / T.
     schedule: the masking schedule alpha(t) the model was trained with.
     mask_id: id of the MASK token; its logit is set to -inf before drawing.
-    temperature, precision: see `categorical.sample_categorical`.
+    temperature, top_k, top_p, precision: see `categorical.sample_categorical`.
     time_conditioning: pass time=t (float32[batch]) to `fns.forward`.
     forbidden_ids: more ids that never occur in text (e.g. PAD), also drawn
       with probability 0, as the objective's loss does.
+    cached: reuse the logits when no token changed (module docstring).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `MD4State` after every step.
 
   Returns:
-    int32[batch, seq_len] without mask_id or forbidden_ids (outside the prompt).
+    SampleOutput: tokens int32[batch, seq_len] without mask_id or forbidden_ids
+    (outside the prompt), and nfe, the network calls made (T uncached).
 
   Raises:
     ValueError: bad shapes or lengths, num_steps < 1, mask_id outside the
-      model's vocabulary, on_step without debug, or a bad sampling setting.
+      model's vocabulary, cached with time_conditioning, on_step without debug,
+      or a bad sampling setting.
   """
   prompt = jnp.asarray(prompt, jnp.int32)
-  settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, precision,
-                         time_conditioning, tuple(forbidden_ids))
   validate(fns, prompt, seq_len=seq_len, num_steps=num_steps, schedule=schedule)
+  if cached and time_conditioning:
+    raise ValueError("cached=True reuses logits across times: it needs a network that ignores "
+                     "t (time_conditioning=False).")
+  settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, top_k, top_p,
+                         precision, time_conditioning, tuple(forbidden_ids), cached)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
 def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
-  state = init_state(settings, prompt, rng)
-  step = make_step(fns, settings, params)
+  state = init_state(fns, settings, params, prompt, rng)
 
   def cond(s):
     return s.step < settings.num_steps
 
-  return run_loop(cond, step, state, debug=debug, on_step=on_step).z
+  state = run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step)
+  return SampleOutput(state.z, state.nfe)
 
 
-def init_state(settings: MD4Settings, prompt: jax.Array, rng: jax.Array) -> MD4State:
-  """The prompt followed by MASK up to seq_len, at t = 1."""
-  return MD4State(masked_canvas(prompt, settings.seq_len, settings.mask_id), jnp.int32(0), rng)
+def init_state(fns, settings: MD4Settings, params, prompt: jax.Array, rng: jax.Array) -> MD4State:
+  """The prompt followed by MASK up to seq_len, at t = 1 (stale logits in cached mode)."""
+  z = masked_canvas(prompt, settings.seq_len, settings.mask_id)
+  if not settings.cached:
+    return MD4State(z, jnp.int32(0), rng, jnp.int32(0))
+  shape = jax.eval_shape(lambda: denoiser_logits(fns, settings, params, z, 1.0))
+  return MD4State(z, jnp.int32(0), rng, jnp.int32(0), jnp.zeros(shape.shape, shape.dtype),
+                  jnp.bool_(True))
 
 
 def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4State], MD4State]:
@@ -126,13 +156,27 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
     t = (num_steps - state.step).astype(jnp.float32) / num_steps
     s = (num_steps - state.step - 1).astype(jnp.float32) / num_steps
     rng, draw_key, unmask_key = jax.random.split(state.rng, 3)
+    logits, calls = _logits(fns, settings, params, state, t)
     draw = sample_categorical(
-        draw_key, denoiser_logits(fns, settings, params, state.z, t),
-        temperature=settings.temperature, precision=settings.precision,
+        draw_key, logits, temperature=settings.temperature, top_k=settings.top_k,
+        top_p=settings.top_p, precision=settings.precision,
     )
     keep = jax.random.uniform(unmask_key, state.z.shape, jnp.float32)
     keep = (keep < settings.schedule.unmask_probability(s, t)) | (state.step == num_steps - 1)
     unmask = (state.z == settings.mask_id) & keep
-    return MD4State(jnp.where(unmask, draw, state.z), state.step + 1, rng)
+    z = jnp.where(unmask, draw, state.z)
+    new = MD4State(z, state.step + 1, rng, state.nfe + calls)
+    if settings.cached:
+      new = new.replace(logits=logits, stale=unmask.any())
+    return new
 
   return step
+
+
+def _logits(fns, settings, params, state: MD4State, t):
+  """The denoiser's logits at z_t, and int32[] network calls made (0 when reused)."""
+  if not settings.cached:
+    return denoiser_logits(fns, settings, params, state.z, t), jnp.int32(1)
+  logits = jax.lax.cond(state.stale, lambda: denoiser_logits(fns, settings, params, state.z, t),
+                        lambda: state.logits)
+  return logits, state.stale.astype(jnp.int32)
