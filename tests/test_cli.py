@@ -128,6 +128,25 @@ def test_md4_samples_with_its_other_samplers(train, sampler):
   assert record["sampler"] == sampler and len(record["samples"]) == 2
 
 
+@pytest.mark.parametrize("spec", ["md4", "mlm", "fim"])
+def test_infill_keeps_the_known_text(train, spec):
+  workdir, _ = train(spec)
+  _cli("sample", f"--workdir={workdir}", "--infill=To be, or ____ to be", "--hole_len=5",
+       "--num_samples=2")
+  record = json.load(open(os.path.join(workdir, "infill_6.json")))
+  assert record["infill"] == "To be, or ____ to be" and len(record["samples"]) == 2
+  assert all(s.startswith("To be, or ") and s.endswith(" to be") for s in record["samples"])
+
+
+def test_a_model_that_cannot_infill_says_which_can(causal_run):
+  workdir, _ = causal_run
+  out = subprocess.run([sys.executable, "-m", "tokjax.sample", f"--workdir={workdir}",
+                        "--infill=To be ____ be"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and "cannot infill" in out.stderr
+  assert all(name in out.stderr for name in ("md4", "mlm", "maskgit", "fim"))
+
+
 def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
   workdir, _ = causal_run
   out = subprocess.run(

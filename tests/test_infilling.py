@@ -203,6 +203,17 @@ def test_fim_and_cm3_evaluate_the_exact_nll_of_the_plain_text(cls, config):
     np.testing.assert_allclose(ours[key], causal[key], rtol=1e-6)
 
 
+def test_fim_infill_prompt_and_splice():
+  obj, tok = build(FIM, **FIM_CONFIG)
+  pieces = [np.array([1, 2]), np.array([3])]
+  prompt = obj.infill_prompt(pieces, hole_len=4)
+  np.testing.assert_array_equal(prompt, [obj.prefix_id, 1, 2, obj.suffix_id, 3, obj.middle_id])
+  generated = np.concatenate([prompt, [7, 8, EOS, 9]])
+  np.testing.assert_array_equal(obj.infill_result(pieces, prompt, generated), [1, 2, 7, 8, 3])
+  with pytest.raises(ValueError, match="one hole"):
+    obj.infill_prompt(pieces + [np.array([4])], hole_len=4)
+
+
 def test_bad_settings_are_clear_errors():
   with pytest.raises(ValueError, match="noise_density"):
     build(SpanCorruption, **dict(T5_CONFIG, noise_density=1.0))

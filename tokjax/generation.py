@@ -12,6 +12,7 @@ import os
 import jax
 import numpy as np
 
+from tokjax.objectives import REGISTRY, Objective
 from tokjax.samplers import get_sampler, model_fns
 
 
@@ -50,34 +51,81 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
   """
   tok = exp.tokenizer
   ids = tok.encode(prompt, add_bos=True)
-  if len(ids) >= exp.config.seq_len:
-    raise ValueError(
-        f"The prompt is {len(ids)} tokens but seq_len is {exp.config.seq_len}; shorten it."
-    )
+  rows, record = _run(exp, params, ids, num_samples=num_samples, seed=seed)
+  return [tok.decode(row) for row in rows], dict(record, prompt=prompt)
+
+
+def infill(exp, params, text: str, *, placeholder: str, hole_len: int, num_samples: int,
+           seed: int) -> tuple[list[str], dict]:
+  """Fills each `placeholder` in `text` (a BOS is prepended), keeping the rest.
+
+  Masked-token models (md4, maskgit, mlm) fill `hole_len` MASKs per hole in
+  place; FIM-trained causal models generate the middle after their
+  <fim_prefix> prefix <fim_suffix> suffix <fim_middle> prompt.
+
+  Returns the filled texts and the sampler record.
+
+  Raises:
+    ValueError: no placeholder in `text`, an objective that cannot infill
+      (listing those that can), or a prompt longer than seq_len.
+  """
+  tok, objective = exp.tokenizer, exp.objective
+  pieces = [tok.encode(piece) for piece in text.split(placeholder)]
+  if len(pieces) < 2:
+    raise ValueError(f"The infill text has no {placeholder!r}; mark each hole with it.")
+  pieces[0] = np.concatenate([[tok.bos_id], pieces[0]]).astype(np.int32)
+  prompt = objective.infill_prompt(pieces, hole_len)
+  if prompt is None:
+    able = [n for n, c in REGISTRY.items() if c.infill_prompt is not Objective.infill_prompt]
+    raise ValueError(f"Objective {objective.name!r} cannot infill; train one of: {', '.join(able)}.")
+  rows, record = _run(exp, params, prompt, num_samples=num_samples, seed=seed,
+                      seq_len=len(prompt))
+  texts = [tok.decode(objective.infill_result(pieces, prompt, row)) for row in rows]
+  return texts, dict(record, infill=text, hole_len=hole_len)
+
+
+def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: int | None = None):
+  """Samples `num_samples` rows from prompt `ids`: (int32[num_samples, length] host rows, record).
+
+  Masked samplers generate `seq_len` tokens (default the model's); AR appends.
+
+  Raises:
+    ValueError: a prompt longer than the model's sequence length.
+  """
   name = sampler_name(exp)
+  room = 1 if name == "ar" else 0  # AR needs a position left to generate.
+  if len(ids) + room > exp.config.seq_len:
+    raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {exp.config.seq_len}; "
+                     "shorten it.")
   kwargs = _sampler_kwargs(exp, name, len(ids))
-  prompt_batch = np.tile(ids[None], (num_samples, 1)).astype(np.int32)
+  if seq_len is not None and "seq_len" in kwargs:
+    kwargs["seq_len"] = seq_len
+  prompt_batch = np.tile(np.asarray(ids, np.int32)[None], (num_samples, 1))
   out = get_sampler(name)(
       _model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
       precision=exp.config.sampler.precision, **kwargs,
   )
-  texts = [tok.decode(row) for row in np.asarray(jax.device_get(out.tokens))]
-  record = dict(sampler=name, prompt=prompt, seed=seed, precision=exp.config.sampler.precision,
+  record = dict(sampler=name, seed=seed, precision=exp.config.sampler.precision,
                 nfe=int(out.nfe),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
-  return texts, record
+  return np.asarray(jax.device_get(out.tokens)), record
 
 
-def write_samples(exp, params, workdir: str, step: int,
-                  filename: str = "samples.json") -> list[str]:
-  """Prints samples from the config's sampler and writes them to WORKDIR/filename."""
+def write_samples(exp, params, workdir: str, step: int, filename: str = "samples.json",
+                  infill_text: str | None = None, **infill_kwargs) -> list[str]:
+  """Prints samples from the config's sampler and writes them to WORKDIR/filename.
+
+  With `infill_text`, fills its holes instead (see `infill` for the kwargs).
+  """
   s = exp.config.sampler
   if not sampler_name(exp):
     print(f"No sampler for objective {exp.objective.name!r} yet.")
     return []
-  texts, record = generate(
-      exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed
-  )
+  if infill_text is None:
+    texts, record = generate(exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed)
+  else:
+    texts, record = infill(exp, params, infill_text, num_samples=s.num_samples, seed=s.seed,
+                           **infill_kwargs)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, filename), "w") as f:
       json.dump(dict(record, step=step, samples=texts), f, indent=1)

@@ -3,7 +3,8 @@
   python -m tokjax.sample --workdir DIR [--sampler.prompt=TEXT] [--sampler.num_samples=N] \
       [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...]
 
-Starts from the run's saved sampler settings; each --sampler.KEY flag given
+With --infill "To be, or ____ to be" the model fills the holes instead,
+writing WORKDIR/infill_STEP.json. Starts from the run's saved sampler settings; each --sampler.KEY flag given
 overrides one of them. The sampler is the objective's default unless
 --sampler.name picks another that fits it. Prints the samples and writes them,
 with the sampler settings, to WORKDIR/samples_STEP.json. Only the parameters
@@ -19,6 +20,10 @@ from tokjax.restore import load_run
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
 flags.DEFINE_string("prompt", None, "Text prefix to continue (default: the run's).")
 flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's).")
+flags.DEFINE_string("infill", None, "Text whose --placeholder holes the model fills, e.g. "
+                    "'To be, or ____ to be' (md4, maskgit, mlm, fim and their mixtures).")
+flags.DEFINE_string("placeholder", "____", "Marks a hole in --infill.")
+flags.DEFINE_integer("hole_len", 8, "Tokens per hole for masked-token models (FIM stops at EOS).")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -34,7 +39,11 @@ def main(argv):
   if f.num_samples is not None:
     overrides["num_samples"] = f.num_samples
   exp, params, step = load_run(f.workdir, overrides)
-  generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json")
+  if f.infill is None:
+    generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json")
+  else:
+    generation.write_samples(exp, params, f.workdir, step, f"infill_{step}.json", f.infill,
+                             placeholder=f.placeholder, hole_len=f.hole_len)
 
 
 if __name__ == "__main__":

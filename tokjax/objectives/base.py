@@ -13,6 +13,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -58,6 +59,15 @@ class Targets:
   targets: jax.Array
   weights: jax.Array
   valid: jax.Array
+
+
+class MaskInfilling:
+  """Mixin for objectives whose model fills MASK positions given both sides
+  (md4, maskgit, mlm): each hole becomes hole_len MASKs, filled in place."""
+
+  def infill_prompt(self, pieces, hole_len):
+    hole = np.full(hole_len, self.mask_id, np.int32)
+    return np.concatenate([x for piece in pieces[:-1] for x in (piece, hole)] + [pieces[-1]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +131,25 @@ class Objective:
   def build_model(self, model_config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The module this objective trains: by default the shared backbone."""
     return Transformer(model_config, rngs=rngs)
+
+  def infill_prompt(self, pieces: list[np.ndarray], hole_len: int) -> np.ndarray | None:
+    """The prompt asking this objective's model to fill the holes between `pieces`.
+
+    Args:
+      pieces: the known text, int32[...] ids each; a hole lies between consecutive ones.
+      hole_len: tokens per hole, for models that need the length up front.
+
+    Returns:
+      int32[prompt_len], or None when this objective's model cannot infill.
+    """
+    del pieces, hole_len
+    return None
+
+  def infill_result(self, pieces: list[np.ndarray], prompt: np.ndarray,
+                    generated: np.ndarray) -> np.ndarray:
+    """The filled sequence from one sampled row int32[length] of `infill_prompt`'s prompt."""
+    del pieces, prompt
+    return generated
 
   def pick_sampler(self, name: str = "") -> str:
     """`name` if it fits this objective, else (for '') the default; '' if there is none.

@@ -31,6 +31,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import PlainOrderEvaluation
@@ -87,6 +88,26 @@ class FIM(PlainOrderEvaluation, Objective):
         prefix_id=ids[0], suffix_id=ids[1], middle_id=ids[2], eos_id=tokenizer.eos_id,
         fim_rate=config.fim_rate, fim_spm_rate=config.fim_spm_rate,
     )
+
+  def infill_prompt(self, pieces, hole_len):
+    """PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle>; the middle is generated.
+
+    Raises:
+      ValueError: not exactly one hole.
+    """
+    del hole_len  # The middle ends at <eos>.
+    if len(pieces) != 2:
+      raise ValueError(f"FIM fills exactly one hole; the text has {len(pieces) - 1}.")
+    prefix, suffix = pieces
+    return np.concatenate([[self.prefix_id], prefix, [self.suffix_id], suffix,
+                           [self.middle_id]]).astype(np.int32)
+
+  def infill_result(self, pieces, prompt, generated):
+    """prefix + the generated middle up to <eos> + suffix."""
+    middle = generated[len(prompt):]
+    ends = np.flatnonzero((middle == self.eos_id) | (middle == self.pad_id))
+    middle = middle[: ends[0]] if len(ends) else middle
+    return np.concatenate([pieces[0], middle, pieces[1]]).astype(np.int32)
 
   @staticmethod
   def clean_len(seq_len: int) -> int:

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.masking import count_mask
-from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
+from tokjax.objectives.base import (
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 
@@ -28,7 +29,7 @@ def num_to_mask(schedule: MaskingSchedule, t: jax.Array, num_tokens: jax.Array) 
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskGIT(Objective):
+class MaskGIT(MaskInfilling, Objective):
   """MaskGIT training (see module docstring).
 
   Attributes:

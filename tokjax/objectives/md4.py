@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.masking import count_mask
-from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
+from tokjax.objectives.base import (
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 
@@ -59,7 +60,7 @@ def stratified_times(rng: jax.Array, batch: int, antithetic: bool) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MD4(Objective):
+class MD4(MaskInfilling, Objective):
   """MD4 masked diffusion (see module docstring).
 
   Attributes:

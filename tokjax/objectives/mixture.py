@@ -70,6 +70,12 @@ class Mixture(Objective):
     """The first component's: the mixture samples as its first component does."""
     return self.components[0].sampling_spec()
 
+  def infill_prompt(self, pieces, hole_len):
+    return self.components[0].infill_prompt(pieces, hole_len)
+
+  def infill_result(self, pieces, prompt, generated):
+    return self.components[0].infill_result(pieces, prompt, generated)
+
   @property
   def uses_time(self) -> bool:
     return self.components[0].uses_time

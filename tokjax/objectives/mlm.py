@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from tokjax import masking
-from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, forbid_ids
+from tokjax.objectives.base import (
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
 from tokjax.schedules import MaskingSchedule
 
 
 @dataclasses.dataclass(frozen=True)
-class MLM(Objective):
+class MLM(MaskInfilling, Objective):
   """BERT masked LM (see module docstring).
 
   Attributes:
