@@ -43,7 +43,7 @@ EXPECTED = {
     "causal": ("exact", "ar"), "md4": ("elbo_upper_bound", "md4"),
     "prefix_lm": ("exact_conditional", "ar"), "meap": ("exact", "ar"), "fim": ("exact", "ar"),
     "cm3": ("exact", "ar"), "multi_token": ("exact", "ar"), "mlm": ("pseudo_likelihood", "maskgit"),
-    "maskgit": ("pseudo_likelihood", "maskgit"), "span_corruption": ("pseudo_likelihood", None),
+    "maskgit": ("pseudo_likelihood", "maskgit"), "span_corruption": ("pseudo_likelihood", "ar"),
     "mixture": ("pseudo_likelihood", "maskgit"), "electra": ("none", "maskgit"),
     "mixture:md4": ("elbo_upper_bound", "md4"),
 }
@@ -128,7 +128,7 @@ def test_md4_samples_with_its_other_samplers(train, sampler):
   assert record["sampler"] == sampler and len(record["samples"]) == 2
 
 
-@pytest.mark.parametrize("spec", ["md4", "mlm", "fim"])
+@pytest.mark.parametrize("spec", ["md4", "mlm", "fim", "cm3", "span_corruption"])
 def test_infill_keeps_the_known_text(train, spec):
   workdir, _ = train(spec)
   _cli("sample", f"--workdir={workdir}", "--infill=To be, or ____ to be", "--hole_len=5",
@@ -144,7 +144,7 @@ def test_a_model_that_cannot_infill_says_which_can(causal_run):
                         "--infill=To be ____ be"], cwd=ROOT, env=ENV, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode != 0 and "cannot infill" in out.stderr
-  assert all(name in out.stderr for name in ("md4", "mlm", "maskgit", "fim"))
+  assert all(name in out.stderr for name in ("md4", "mlm", "maskgit", "fim", "cm3", "span_corruption"))
 
 
 def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):

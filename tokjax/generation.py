@@ -60,8 +60,8 @@ def infill(exp, params, text: str, *, placeholder: str, hole_len: int, num_sampl
   """Fills each `placeholder` in `text` (a BOS is prepended), keeping the rest.
 
   Masked-token models (md4, maskgit, mlm) fill `hole_len` MASKs per hole in
-  place; FIM-trained causal models generate the middle after their
-  <fim_prefix> prefix <fim_suffix> suffix <fim_middle> prompt.
+  place; fim, cm3 and span_corruption models generate the spans in their own
+  rearranged formats (`Objective.infill_prompt`), spliced back in place.
 
   Returns the filled texts and the sampler record.
 

@@ -21,7 +21,7 @@ flags.DEFINE_string("workdir", None, "The training run's workdir.")
 flags.DEFINE_string("prompt", None, "Text prefix to continue (default: the run's).")
 flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's).")
 flags.DEFINE_string("infill", None, "Text whose --placeholder holes the model fills, e.g. "
-                    "'To be, or ____ to be' (md4, maskgit, mlm, fim and their mixtures).")
+                    "'To be, or ____ to be' (md4, maskgit, mlm, fim, cm3, span_corruption).")
 flags.DEFINE_string("placeholder", "____", "Marks a hole in --infill.")
 flags.DEFINE_integer("hole_len", 8, "Tokens per hole for masked-token models (FIM stops at EOS).")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")

@@ -32,6 +32,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import PlainOrderEvaluation
@@ -45,6 +46,39 @@ def sentinel_names(count: int) -> tuple[str, ...]:
 def sentinel_ids(tokenizer, count: int) -> tuple[int, ...]:
   """The ids of `sentinel_names(count)` in a tokenizer built with them."""
   return tuple(tokenizer.special_tokens[n] for n in sentinel_names(count))
+
+
+def sentinel_prompt(pieces: list[np.ndarray], sentinels: tuple[int, ...]) -> np.ndarray:
+  """int32: piece_0 <sentinel_0> piece_1 <sentinel_1> ... piece_n, a sentinel per hole.
+
+  Raises:
+    ValueError: more holes than sentinels.
+  """
+  holes = len(pieces) - 1
+  if holes > len(sentinels):
+    raise ValueError(f"The text has {holes} holes but the model knows {len(sentinels)} sentinels.")
+  parts = [x for piece, s in zip(pieces[:-1], sentinels) for x in (piece, [s])] + [pieces[-1]]
+  return np.concatenate(parts).astype(np.int32)
+
+
+def splice_spans(pieces: list[np.ndarray], generated: np.ndarray, sentinels: tuple[int, ...],
+                 stop_ids: tuple[int, ...]) -> np.ndarray:
+  """Fills the holes between `pieces` from `<sentinel_i> span_i ...` in `generated`.
+
+  A span runs from its sentinel to the next sentinel or a stop id; a hole whose
+  sentinel was never generated stays empty.
+  """
+  spans, current = {}, None
+  for token in generated.tolist():
+    if token in stop_ids:
+      break
+    if token in sentinels:
+      current = sentinels.index(token)
+      spans.setdefault(current, [])
+    elif current is not None:
+      spans[current].append(token)
+  parts = [x for i, piece in enumerate(pieces[:-1]) for x in (piece, spans.get(i, []))]
+  return np.concatenate(parts + [pieces[-1]]).astype(np.int32)
 
 
 def real_length(tokens: jax.Array, pad_id: int) -> jax.Array:
@@ -163,6 +197,16 @@ class CM3(PlainOrderEvaluation, Objective):
         eos_id=tokenizer.eos_id,
         max_spans=config.max_spans,
     )
+
+  def infill_prompt(self, pieces, hole_len):
+    """The text with a sentinel per hole, then <sentinel_0>: the model writes span 0 next."""
+    del hole_len  # Each span ends at the next sentinel or <eos>.
+    prompt = sentinel_prompt(pieces, self.sentinel_ids[: self.max_spans])
+    return np.concatenate([prompt, [self.sentinel_ids[0]]]).astype(np.int32)
+
+  def infill_result(self, pieces, prompt, generated):
+    return splice_spans(pieces, generated[len(prompt) - 1:], self.sentinel_ids,
+                        (self.eos_id, self.pad_id))
 
   def clean_len(self, seq_len: int) -> int:
     """L_clean = seq_len - 2 * max_spans - 1 tokens of each window are used.

@@ -29,8 +29,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
-from tokjax.objectives.cm3 import arrange, sentinel_ids, sentinel_names
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets
+from tokjax.objectives.cm3 import (
+    arrange, sentinel_ids, sentinel_names, sentinel_prompt, splice_spans)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class SpanCorruption(Objective):
   name: str = dataclasses.field(default="span_corruption", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
   likelihood_kind: str = dataclasses.field(default="pseudo_likelihood", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
 
   def __post_init__(self):
     if not 0.0 < self.noise_density < 1.0:
@@ -97,6 +98,18 @@ class SpanCorruption(Objective):
           "SpanCorruption needs sentinel ids; build it with SpanCorruption.from_config("
           "config, tokenizer) on a tokenizer made with its extra_special_tokens."
       )
+
+  def sampling_spec(self) -> SamplingSpec:
+    """Generation decodes the targets after the input, a bidirectional prefix."""
+    return SamplingSpec(prefix_attention=True)
+
+  def infill_prompt(self, pieces, hole_len):
+    """The input: the text with a sentinel per hole (the prefix the targets follow)."""
+    del hole_len  # Each span ends at the next sentinel.
+    return sentinel_prompt(pieces, self.sentinel_ids)
+
+  def infill_result(self, pieces, prompt, generated):
+    return splice_spans(pieces, generated[len(prompt):], self.sentinel_ids, (self.pad_id,))
 
   @classmethod
   def extra_special_tokens(cls, config) -> tuple[str, ...]:
