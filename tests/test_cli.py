@@ -1,5 +1,6 @@
 """End to end through the real CLIs: train, SIGKILL and resume, sample, evaluate."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -145,6 +146,29 @@ def test_a_model_that_cannot_infill_says_which_can(causal_run):
                        text=True, timeout=300)
   assert out.returncode != 0 and "cannot infill" in out.stderr
   assert all(name in out.stderr for name in ("md4", "mlm", "maskgit", "fim", "cm3", "span_corruption"))
+
+
+def test_sample_quality_under_a_causal_judge(train):
+  """md4 samples scored by the causal run: the report's entropy is the samples'
+  byte entropy (recomputed here), and a non-exact judge is refused."""
+  import collections
+  workdir, _ = train("md4")
+  judge, _ = train("causal")
+  stdout = _cli("evaluate", f"--workdir={workdir}", "--samples", f"--judge={judge}")
+  report = json.load(open(os.path.join(workdir, "eval_samples.json")))
+  assert "[samples] md4" in stdout and report["judge_step"] == 6 and report["nfe"] >= 1
+  data = "".join(report["samples"]).encode()
+  freq = [c / len(data) for c in collections.Counter(data).values()]
+  assert report["unigram_entropy"] == pytest.approx(-sum(p * math.log2(p) for p in freq))
+  # Each window's first token has no context and is unscored (seq_len 32; BOS + EOS per sample).
+  windows = -(-(len(data) + 2 * len(report["samples"])) // 32)
+  assert len(data) - windows < report["scored_bytes"] <= len(data)
+  assert 0 < report["gen_bits_per_byte"] < 20
+  assert report["gen_perplexity_per_byte"] == pytest.approx(2 ** report["gen_bits_per_byte"])
+  out = subprocess.run([sys.executable, "-m", "tokjax.evaluate", f"--workdir={judge}", "--samples",
+                        f"--judge={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0 and "exact" in out.stderr
 
 
 def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
