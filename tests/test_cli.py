@@ -129,6 +129,14 @@ def test_md4_samples_with_its_other_samplers(train, sampler):
   assert record["sampler"] == sampler and len(record["samples"]) == 2
 
 
+def test_md4_samples_past_its_window_block_by_block(train):
+  workdir, _ = train("md4")  # seq_len 32, md4 at 8 steps per round.
+  _cli("sample", f"--workdir={workdir}", "--sampler.length=56", "--sampler.block_len=12",
+       "--num_samples=2")
+  record = json.load(open(os.path.join(workdir, "samples_6.json")))
+  assert record["length"] == 56 and record["nfe"] == 3 * 8  # The window, then 24 / 12 rounds.
+
+
 @pytest.mark.parametrize("spec", ["md4", "mlm", "fim", "cm3", "span_corruption"])
 def test_infill_keeps_the_known_text(train, spec):
   workdir, _ = train(spec)

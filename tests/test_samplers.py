@@ -262,6 +262,30 @@ def test_md4_cached_gives_the_uncached_tokens_with_fewer_calls():
     md4.sample(fns, None, prompt, jax.random.key(2), cached=True, time_conditioning=True, **kwargs)
 
 
+@pytest.mark.parametrize("name", ["md4", "maskgit", "first_hitting"])
+def test_semi_autoregressive_generates_past_the_window(name):
+  """20 tokens with an 8-token window, 3 new per round: the prompt is kept, no
+  MASK is left, every call sees at most 8 tokens, and NFE adds up over rounds."""
+  from tokjax.samplers.denoise import semi_autoregressive
+  seen = []
+
+  def forward(params, z, **kw):
+    seen.append(z.shape[1])
+    return toy_logits(z % 3)
+
+  kwargs = dict(schedule=get_schedule("cosine"), mask_id=TOY_MASK, forbidden_ids=(TOY_PAD,))
+  if name != "first_hitting":
+    kwargs["num_steps"] = 4
+  prompt = jnp.array([[1, 2]] * 3, jnp.int32)
+  out = semi_autoregressive(get_sampler(name), ModelFns(forward, max_seq_len=8), None, prompt,
+                            jax.random.key(0), length=20, block_len=3, seq_len=8, **kwargs)
+  tokens = np.asarray(out.tokens)
+  assert tokens.shape == (3, 20) and (tokens[:, :2] == [1, 2]).all()
+  assert not np.isin(tokens, [TOY_MASK, TOY_PAD]).any() and max(seen) <= 8
+  rounds = 1 + 4  # The first fills the window (6 tokens), then ceil(12 / 3).
+  assert int(out.nfe) == (rounds * 4 if name != "first_hitting" else 18)
+
+
 def test_md4_with_a_real_model_fills_every_mask():
   fns, params = tiny_model(time_conditioning=True)
   prompt = jnp.array([[5, 6], [7, 8]], jnp.int32)

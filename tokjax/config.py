@@ -25,6 +25,10 @@ def sampler_config() -> ml_collections.ConfigDict:
           num_samples=4,
           prompt="",
           seed=0,
+          # Masked samplers: tokens per sample (0: seq_len); past seq_len they
+          # go on semi-autoregressively, block_len new tokens per round.
+          length=0,
+          block_len=32,
           precision="float64",  # Gumbel precision for categorical draws.
           ar=dict(max_new_tokens=256, temperature=0.8, top_k=0, top_p=0.95),
           md4=dict(num_steps=256, temperature=1.0, top_k=0, top_p=1.0, cached=False),

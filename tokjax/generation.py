@@ -14,6 +14,7 @@ import numpy as np
 
 from tokjax.objectives import REGISTRY, Objective
 from tokjax.samplers import get_sampler, model_fns
+from tokjax.samplers.denoise import semi_autoregressive
 
 
 @functools.cache
@@ -87,26 +88,30 @@ def infill(exp, params, text: str, *, placeholder: str, hole_len: int, num_sampl
 def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: int | None = None):
   """Samples `num_samples` rows from prompt `ids`: (int32[num_samples, length] host rows, record).
 
-  Masked samplers generate `seq_len` tokens (default the model's); AR appends.
+  Masked samplers generate `seq_len` tokens (default `sampler.length`, else the
+  model's seq_len; past it semi-autoregressively); AR appends.
 
   Raises:
     ValueError: a prompt longer than the model's sequence length.
   """
-  name = sampler_name(exp)
+  name, c = sampler_name(exp), exp.config
   room = 1 if name == "ar" else 0  # AR needs a position left to generate.
-  if len(ids) + room > exp.config.seq_len:
-    raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {exp.config.seq_len}; "
-                     "shorten it.")
+  if len(ids) + room > c.seq_len:
+    raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {c.seq_len}; shorten it.")
   kwargs = _sampler_kwargs(exp, name, len(ids))
-  if seq_len is not None and "seq_len" in kwargs:
-    kwargs["seq_len"] = seq_len
+  length = seq_len or c.sampler.length or c.seq_len
   prompt_batch = np.tile(np.asarray(ids, np.int32)[None], (num_samples, 1))
-  out = get_sampler(name)(
-      _model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed),
-      precision=exp.config.sampler.precision, **kwargs,
-  )
+  args = (_model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed))
+  sample = get_sampler(name)
+  if name == "ar":
+    out = sample(*args, precision=c.sampler.precision, **kwargs)
+  elif length <= c.seq_len:
+    out = sample(*args, precision=c.sampler.precision, **dict(kwargs, seq_len=length))
+  else:
+    out = semi_autoregressive(sample, *args, length=length, block_len=c.sampler.block_len,
+                              precision=c.sampler.precision, **kwargs)
   record = dict(sampler=name, seed=seed, precision=exp.config.sampler.precision,
-                nfe=int(out.nfe),
+                nfe=int(out.nfe), length=int(out.tokens.shape[1]),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
   return np.asarray(jax.device_get(out.tokens)), record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tokjax.samplers.base import ModelFns
+from tokjax.samplers.base import ModelFns, SampleOutput
 from tokjax.schedules import MaskingSchedule
 
 
@@ -49,3 +49,42 @@ def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, schedule,
   if not isinstance(schedule, MaskingSchedule):
     raise ValueError(
         "schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear').")
+
+
+def semi_autoregressive(sample, fns, params, prompt, rng, *, length: int, block_len: int,
+                        seq_len: int, **settings):
+  """Generates `length` tokens with a masked sampler, past its seq_len, block by block.
+
+  The first round fills the window after the prompt; each later round keeps
+  the last seq_len - block_len tokens as the prompt and fills block_len new
+  MASK positions after them (as in "Semi-autoregressive"
+  decoding of masked diffusion models, e.g. SSD-LM and block diffusion): one
+  compiled call per round.
+
+  Args:
+    sample: a masked sampler's `sample` (md4, maskgit, first_hitting).
+    prompt: int32[batch, prompt_len], prompt_len < length.
+    length: total output length, may exceed seq_len.
+    block_len: new tokens per round, in [1, seq_len].
+    seq_len: the model's window.
+    settings: the sampler's other settings.
+
+  Returns:
+    SampleOutput: tokens int32[batch, length], nfe summed over rounds.
+
+  Raises:
+    ValueError: block_len outside [1, seq_len].
+  """
+  if not 1 <= block_len <= seq_len:
+    raise ValueError(f"block_len={block_len} must lie in [1, seq_len={seq_len}].")
+  out = sample(fns, params, prompt, rng, seq_len=min(length, seq_len), **settings)
+  tokens, nfe, round_index = out.tokens, out.nfe, 0
+  while tokens.shape[1] < length:
+    round_index += 1
+    context = tokens[:, tokens.shape[1] - (seq_len - block_len):]
+    new = min(block_len, length - tokens.shape[1])
+    out = sample(fns, params, context, jax.random.fold_in(rng, round_index),
+                 seq_len=context.shape[1] + new, **settings)
+    tokens = jnp.concatenate([tokens, out.tokens[:, context.shape[1]:]], axis=1)
+    nfe = nfe + out.nfe
+  return SampleOutput(tokens, nfe)
