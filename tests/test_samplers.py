@@ -116,6 +116,24 @@ def test_float64_precision_really_draws_in_float64():
   assert [str(e.invars[0].aval.dtype) for e in argmax] == ["float64"]
 
 
+def test_float32_gumbel_under_samples_a_far_tail_and_float64_does_not():
+  """One token at logit 0 and 20,000 at -17 (tail mass 8.3e-4), 40,000 draws:
+  float32 Gumbel noise cannot exceed ~16 (its uniforms stop 2^-24 short of 1),
+  so it rarely reaches the tail; float64 draws it at its probability (Zheng et
+  al. 2024, Sec. 4). Poisson bounds with a false-failure rate below 1e-3."""
+  vocab, tail, rows = 20_000, -17.0, 4_000
+  logits = jnp.concatenate([jnp.zeros(1), jnp.full(vocab, tail)])
+  expected = 10 * rows * vocab * math.exp(tail) / (1 + vocab * math.exp(tail))  # ~33
+  counts = {}
+  for precision in ("float32", "float64"):
+    with precision_scope(precision):
+      count = jax.jit(lambda k, p=precision: (sample_categorical(
+          k, jnp.broadcast_to(logits, (rows, vocab + 1)), precision=p) > 0).sum())
+      counts[precision] = sum(int(count(jax.random.key(i))) for i in range(10))
+  assert abs(counts["float64"] - expected) < 4 * math.sqrt(expected)
+  assert counts["float32"] < expected / 3
+
+
 def test_model_stays_in_its_dtype_under_float64_sampling():
   fns, params = tiny_model()
   with precision_scope("float64"):
