@@ -419,6 +419,18 @@ def test_maskgit_commits_exactly_the_scheduled_count(schedule, num_steps):
     previous = z
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_config_sections_are_the_samplers_own_defaults(name):
+  import inspect
+  from tokjax.config import sampler_config
+  from tokjax.samplers import default_settings
+  parameters = inspect.signature(get_sampler(name)).parameters
+  settings = default_settings(name)
+  assert settings and all(v is not inspect.Parameter.empty for v in settings.values())
+  assert all(parameters[k].kind == inspect.Parameter.KEYWORD_ONLY for k in settings)
+  assert sampler_config()[name].to_dict() == settings
+
+
 def test_registry_model_fns_and_debug_errors():
   assert set(SAMPLERS) == {"ar", "first_hitting", "maskgit", "md4"}
   with pytest.raises(ValueError, match="'ar'"):

@@ -14,7 +14,7 @@ import ml_collections
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
 from tokjax.objectives import objective_class
-from tokjax.samplers import get_sampler
+from tokjax.samplers import SAMPLERS, default_settings, sampler_module
 from tokjax.schedules import get_schedule
 
 def sampler_config() -> ml_collections.ConfigDict:
@@ -30,10 +30,7 @@ def sampler_config() -> ml_collections.ConfigDict:
           length=0,
           block_len=32,
           precision="float64",  # Gumbel precision for categorical draws.
-          ar=dict(max_new_tokens=256, temperature=0.8, top_k=0, top_p=0.95),
-          md4=dict(num_steps=256, temperature=1.0, top_k=0, top_p=1.0, cached=False),
-          maskgit=dict(num_steps=16, temperature=1.0, choice_temperature=4.5),
-          first_hitting=dict(temperature=1.0, top_k=0, top_p=1.0),
+          **{name: default_settings(name) for name in SAMPLERS},
       )
   )
 
@@ -111,7 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   objective_class(config)  # Raises on an unknown name.
   if config.sampler.name:
-    get_sampler(config.sampler.name)  # Raises on an unknown name, listing the known ones.
+    sampler_module(config.sampler.name)  # Raises on an unknown name, listing the known ones.
   get_schedule(config.md4.noise_schedule)
   m = config.model
   if m.d_model % m.num_heads:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from tokjax.objectives import REGISTRY, Objective
-from tokjax.samplers import get_sampler, model_fns
+from tokjax.samplers import model_fns, sampler_module
 from tokjax.samplers.denoise import semi_autoregressive
 
 
@@ -28,17 +28,6 @@ def sampler_name(exp) -> str:
   return exp.objective.pick_sampler(exp.config.sampler.name)
 
 
-def _sampler_kwargs(exp, name: str, prompt_len: int) -> dict:
-  c, tok = exp.config, exp.tokenizer
-  settings, spec = dict(c.sampler[name]), exp.objective.sampling_spec()
-  if name == "ar":
-    settings["max_new_tokens"] = min(settings["max_new_tokens"], c.seq_len - prompt_len)
-    return dict(settings, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                prefix_attention=spec.prefix_attention)
-  return dict(
-      settings, seq_len=c.seq_len, mask_id=spec.mask_id, forbidden_ids=spec.forbidden_ids,
-      schedule=spec.noise_schedule, time_conditioning=spec.time_conditioning,
-  )
 
 
 def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list[str], dict]:
@@ -95,15 +84,17 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
     ValueError: a prompt longer than the model's sequence length.
   """
   name, c = sampler_name(exp), exp.config
-  room = 1 if name == "ar" else 0  # AR needs a position left to generate.
-  if len(ids) + room > c.seq_len:
+  module = sampler_module(name)
+  kwargs = module.bind(dict(c.sampler[name]), exp.objective.sampling_spec(), exp.tokenizer,
+                       seq_len=c.seq_len, prompt_len=len(ids))
+  masked = "seq_len" in kwargs  # Masked samplers fill a canvas; AR appends after the prompt.
+  if len(ids) + (0 if masked else 1) > c.seq_len:
     raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {c.seq_len}; shorten it.")
-  kwargs = _sampler_kwargs(exp, name, len(ids))
   length = seq_len or c.sampler.length or c.seq_len
   prompt_batch = np.tile(np.asarray(ids, np.int32)[None], (num_samples, 1))
   args = (_model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed))
-  sample = get_sampler(name)
-  if name == "ar":
+  sample = module.sample
+  if not masked:
     out = sample(*args, precision=c.sampler.precision, **kwargs)
   elif length <= c.seq_len:
     out = sample(*args, precision=c.sampler.precision, **dict(kwargs, seq_len=length))

@@ -1,19 +1,22 @@
 """Samplers, one file per family, each a pure function of model closures.
 
-`get_sampler(name)` returns `sample(fns, params, prompt, rng, **settings)`.
+A sampler module has `sample(fns, params, prompt, rng, **kwargs) -> SampleOutput`,
+`SETTINGS` (the names of the user's settings, `config.sampler.<name>`, whose
+defaults are `sample`'s own), and `bind(settings, spec, tokenizer, seq_len=,
+prompt_len=)`, which adds what a run fixes (ids, schedule) from the objective's
+`SamplingSpec`.
 """
+import inspect
+
 from tokjax.samplers import autoregressive, first_hitting, maskgit, md4
 from tokjax.samplers.base import ModelFns, SampleOutput, model_fns
 from tokjax.samplers.categorical import precision_scope, sample_categorical
 
-SAMPLERS = {
-    "ar": autoregressive.sample, "first_hitting": first_hitting.sample, "maskgit": maskgit.sample,
-    "md4": md4.sample,
-}
+SAMPLERS = {"ar": autoregressive, "first_hitting": first_hitting, "maskgit": maskgit, "md4": md4}
 
 
-def get_sampler(name: str):
-  """The `sample` function registered under `name`.
+def sampler_module(name: str):
+  """The sampler module registered under `name`.
 
   Raises:
     ValueError: an unknown name, listing the registered ones.
@@ -23,5 +26,17 @@ def get_sampler(name: str):
   return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "ModelFns", "SampleOutput", "get_sampler", "model_fns", "precision_scope",
-           "sample_categorical"]
+def get_sampler(name: str):
+  """The `sample` function registered under `name` (raises as `sampler_module`)."""
+  return sampler_module(name).sample
+
+
+def default_settings(name: str) -> dict:
+  """{setting: default} of sampler `name`: its config section, read off `sample`."""
+  module = sampler_module(name)
+  parameters = inspect.signature(module.sample).parameters
+  return {key: parameters[key].default for key in module.SETTINGS}
+
+
+__all__ = ["SAMPLERS", "ModelFns", "SampleOutput", "default_settings", "get_sampler", "model_fns",
+           "precision_scope", "sample_categorical", "sampler_module"]

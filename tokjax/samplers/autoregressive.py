@@ -25,6 +25,22 @@ from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 
 
+# The user's settings, `config.sampler.ar`; their defaults are `sample`'s.
+SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "use_kv_cache")
+
+
+def bind(settings: dict, spec, tokenizer, *, seq_len: int, prompt_len: int) -> dict:
+  """`sample`'s keyword arguments for a run: its settings plus what the run fixes.
+
+  max_new_tokens is capped so that the prompt and the output fit seq_len; EOS,
+  PAD and the prefix attention come from the tokenizer and the objective's
+  `SamplingSpec`.
+  """
+  return dict(settings, max_new_tokens=min(settings["max_new_tokens"], seq_len - prompt_len),
+              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+              prefix_attention=spec.prefix_attention)
+
+
 @struct.dataclass
 class ARState:
   """Loop state.
@@ -64,9 +80,9 @@ def sample(
     prompt: jax.Array,
     rng: jax.Array,
     *,
-    max_new_tokens: int,
     eos_id: int,
     pad_id: int,
+    max_new_tokens: int = 256,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,

@@ -9,6 +9,21 @@ from tokjax.samplers.base import ModelFns, SampleOutput
 from tokjax.schedules import MaskingSchedule
 
 
+def bind(settings: dict, spec, tokenizer, *, seq_len: int, prompt_len: int) -> dict:
+  """A masked sampler's keyword arguments for a run: its settings, the output
+  length, and what the objective's `SamplingSpec` fixes (MASK id, forbidden
+  ids, schedule, time conditioning).
+
+  Raises:
+    ValueError: an objective without a masking schedule.
+  """
+  del tokenizer, prompt_len  # The spec carries the ids; the prompt is part of seq_len.
+  if spec.noise_schedule is None or spec.mask_id < 0:
+    raise ValueError("This sampler fills MASK positions; the objective trains no masked model.")
+  return dict(settings, seq_len=seq_len, mask_id=spec.mask_id, forbidden_ids=spec.forbidden_ids,
+              schedule=spec.noise_schedule, time_conditioning=spec.time_conditioning)
+
+
 def masked_canvas(prompt: jax.Array, seq_len: int, mask_id: int) -> jax.Array:
   """int32[batch, seq_len]: the prompt followed by MASK (a MASK inside the prompt is a hole)."""
   batch, prompt_len = prompt.shape

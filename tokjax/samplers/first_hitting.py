@@ -25,8 +25,13 @@ from flax import struct
 
 from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
+from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
+
+
+# The user's settings, `config.sampler.first_hitting`; their defaults are `sample`'s.
+SETTINGS = ("temperature", "top_k", "top_p")
 
 
 @struct.dataclass

@@ -30,8 +30,13 @@ from flax import struct
 
 from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
+from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
+
+
+# The user's settings, `config.sampler.maskgit`; their defaults are `sample`'s.
+SETTINGS = ("num_steps", "temperature", "choice_temperature")
 
 
 @struct.dataclass
@@ -72,9 +77,9 @@ def sample(
     rng: jax.Array,
     *,
     seq_len: int,
-    num_steps: int,
     schedule: MaskingSchedule,
     mask_id: int,
+    num_steps: int = 16,
     temperature: float = 1.0,
     choice_temperature: float = 4.5,
     precision: str = "float32",

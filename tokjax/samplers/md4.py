@@ -28,8 +28,13 @@ from flax import struct
 
 from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
+from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
 from tokjax.schedules import MaskingSchedule
+
+
+# The user's settings, `config.sampler.md4`; their defaults are `sample`'s.
+SETTINGS = ("num_steps", "temperature", "top_k", "top_p", "cached")
 
 
 @struct.dataclass
@@ -76,9 +81,9 @@ def sample(
     rng: jax.Array,
     *,
     seq_len: int,
-    num_steps: int,
     schedule: MaskingSchedule,
     mask_id: int,
+    num_steps: int = 256,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
