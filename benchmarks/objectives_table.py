@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -62,14 +63,16 @@ def attention_of(objective: str) -> str:
   return make_objective(config, make_tokenizer(config)).attention
 
 
-def markdown(rows: list[dict], command: str, budget: str) -> str:
+def markdown(rows: list[dict], command: str, budget: str, note: str) -> str:
   lines = [
       "# Objectives on Shakespeare, one backbone, one token budget", "",
       f"Command: `{command}`", "",
-      f"Budget: {budget}. Hardware: the 2-core CPU machine, one run at a time.", "",
+      f"Budget: {budget}. Hardware: the 2-core CPU machine, runs one after another. {note}".strip(),
+      "",
       "Bits per byte on the test works (Hamlet, Macbeth). Read the kind column first: "
-      "an `exact` NLL, an `elbo_upper_bound` (with its Monte-Carlo standard error), and a "
-      "`pseudo_likelihood` (masked positions only, not a bound) are different quantities.", "",
+      "an `exact` NLL of the text, an `exact_conditional` NLL of a suffix given a prefix, an "
+      "`elbo_upper_bound` (with its Monte-Carlo standard error), and a `pseudo_likelihood` "
+      "(masked positions only, not a bound) are different quantities.", "",
       "| objective | attention | likelihood kind | bits/byte | train tokens/s | wall time | sample |",
       "|---|---|---|---|---|---|---|",
   ]
@@ -95,14 +98,15 @@ def main():
   parser.add_argument("--steps", type=int, default=1100)
   parser.add_argument("--size", default="quickstart")
   parser.add_argument("--markdown", default=os.path.join(ROOT, "docs", "objectives.md"))
+  parser.add_argument("--note", default="", help="A sentence on how this table was measured.")
   args = parser.parse_args()
   rows = [run(name, args) for name in args.objectives.split(",")]
-  command = "python benchmarks/objectives_table.py " + " ".join(sys.argv[1:])
+  command = "python benchmarks/objectives_table.py " + shlex.join(sys.argv[1:])
   c = load_config_file(os.path.join(ROOT, "configs", "shakespeare.py"), f"size={args.size}")
   m = c.model
   budget = (f"size={args.size} ({m.num_layers} layers x {m.d_model}), {args.steps} steps x "
             f"{c.batch_size} x {c.seq_len} = {args.steps * c.batch_size * c.seq_len:,} tokens")
-  text = markdown(rows, command, budget)
+  text = markdown(rows, command, budget, args.note)
   os.makedirs(os.path.dirname(args.markdown), exist_ok=True)
   with open(args.markdown, "w") as f:
     f.write(text)
