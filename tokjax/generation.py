@@ -28,8 +28,6 @@ def sampler_name(exp) -> str:
   return exp.objective.pick_sampler(exp.config.sampler.name)
 
 
-
-
 def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list[str], dict]:
   """Samples `num_samples` continuations of `prompt` (a BOS is prepended).
 
@@ -101,7 +99,7 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
   else:
     out = semi_autoregressive(sample, *args, length=length, block_len=c.sampler.block_len,
                               precision=c.sampler.precision, **kwargs)
-  record = dict(sampler=name, seed=seed, precision=exp.config.sampler.precision,
+  record = dict(sampler=name, seed=seed, precision=c.sampler.precision,
                 nfe=int(out.nfe), length=int(out.tokens.shape[1]),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
   return np.asarray(jax.device_get(out.tokens)), record
