@@ -75,8 +75,13 @@ def count_mask(rng, valid, count):
     count: int32[batch] how many to choose, at most valid.sum(-1).
   """
   scores = jnp.where(valid, jax.random.uniform(rng, valid.shape), 2.0)  # Invalid sort last.
+  return lowest(scores, count) & valid
+
+
+def lowest(scores, count):
+  """bool[batch, seq_len]: the count[b] lowest of row b's float[batch, seq_len] scores."""
   rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
-  return (rank < count[:, None]) & valid
+  return rank < count[:, None]
 
 
 def word_bytes(tokens, *, num_bytes=256):

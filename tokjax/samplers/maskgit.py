@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from tokjax.masking import lowest
 from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
@@ -167,8 +168,7 @@ def make_step(fns: ModelFns, settings: MaskGITSettings, params) -> Callable[[Mas
     confidence = jnp.where(masked, confidence, jnp.inf)
     keep_masked = num_still_masked(settings, state.step, state.num_masked_at_start,
                                    masked.sum(-1, dtype=jnp.int32))
-    rank = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
-    remask = rank < keep_masked[:, None]
+    remask = lowest(confidence, keep_masked)
     z = jnp.where(masked & ~remask, draw, state.z)
     return MaskGITState(z, state.num_masked_at_start, state.step + 1, rng)
 
