@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokjax.config import base_config
+from tokjax.objectives import REGISTRY, make_objective, make_tokenizer
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.md4 import MD4, stratified_times
+from tokjax.objectives.mixture import Mixture
 from tokjax.schedules import MaskingSchedule, get_schedule
 
 PAD, MASK, V = 256, 259, 260
@@ -273,3 +276,42 @@ def test_md4_gives_non_text_ids_probability_zero():
   logits = obj.mask_logits(jnp.zeros((1, 1, tok.vocab_size)))
   allowed = np.isfinite(np.asarray(logits[0, 0]))
   assert allowed.sum() == 256 + 2 and allowed[tok.bos_id] and allowed[tok.eos_id]
+
+
+def _built_from_defaults(cls, config, tokenizer):
+  """`cls` with its dataclass defaults for every setting; a mixture of such components."""
+  if cls is Mixture:
+    components = [_built_from_defaults(REGISTRY[n], config, tokenizer)
+                  for n in config.mixture.objectives]
+    return Mixture(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
+                   components=tuple(components), weights=tuple(config.mixture.weights))
+  return cls(**cls.tokenizer_fields(tokenizer, config[cls.name]))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_config_section_round_trips_the_dataclass_defaults(name):
+  config = base_config()
+  config.objective = name
+  tokenizer = make_tokenizer(config)
+  expected = _built_from_defaults(REGISTRY[name], config, tokenizer)
+  assert make_objective(config, tokenizer) == expected
+
+
+def test_config_settings_reach_the_objective():
+  config = base_config()
+  config.md4.noise_schedule = "poly2"
+  config.span_corruption.num_sentinels = 6
+  config.multi_token.head_weights = [1.0, 0.5, 0.25, 0.0]  # A list, as a saved config has it.
+  built = {}
+  for name in ("md4", "span_corruption", "multi_token"):
+    config.objective = name
+    built[name] = make_objective(config, make_tokenizer(config))
+  assert built["md4"].noise_schedule == MaskingSchedule("poly", 2.0)
+  assert len(built["span_corruption"].sentinel_ids) == 6
+  assert built["multi_token"].head_weights == (1.0, 0.5, 0.25, 0.0)
+
+
+@pytest.mark.parametrize("schedule", [MaskingSchedule("linear"), MaskingSchedule("cosine"),
+                                      MaskingSchedule("poly", 2.0), MaskingSchedule("poly", 0.3)])
+def test_schedule_name_parses_back(schedule):
+  assert get_schedule(schedule.name) == schedule

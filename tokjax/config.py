@@ -1,8 +1,9 @@
 """The shared experiment config, variant parsing, and early validation.
 
 Experiment files under `configs/` start from `base_config()` and set what
-differs. Each objective's own settings live in `config.<objective>`; each
-sampler's in `config.sampler.<sampler>`.
+differs. Each objective's own settings live in `config.<objective>`, with the
+defaults of its dataclass (`Objective.config_section`); each sampler's in
+`config.sampler.<sampler>`, with the defaults of its `sample`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import ml_collections
 
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
-from tokjax.objectives import objective_class
+from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
 from tokjax.schedules import get_schedule
 
@@ -39,20 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every experiment (a small byte-level model)."""
   c = ml_collections.ConfigDict()
   c.objective = "causal"
-  c.causal = ml_collections.ConfigDict()
-  c.prefix_lm = ml_collections.ConfigDict()
-  c.meap = dict(mask_ratio=0.15)
-  c.maskgit = dict(noise_schedule="cosine")
-  c.fim = dict(fim_rate=0.5, fim_spm_rate=0.5)
-  c.cm3 = dict(max_spans=3)
-  c.electra = dict(mask_ratio=0.15, disc_weight=50.0, generator_scale=0.25,
-                   masking_policy="token")
-  c.multi_token = dict(num_predict=4, head_weights=None)
-  c.mixture = dict(objectives=("mlm", "maskgit"), weights=(1.0, 1.0))
-  c.span_corruption = dict(noise_density=0.15, mean_noise_span_length=3.0, num_sentinels=32)
-  c.mlm = dict(mask_ratio=0.15, masking_policy="token", replace_mask=0.8,
-               replace_random=0.1, span_p=0.2, max_span=10, max_ngram=3)
-  c.md4 = dict(noise_schedule="linear", antithetic=True, time_conditioning=False, eval_samples=4)
+  for name, cls in REGISTRY.items():
+    c[name] = ml_collections.ConfigDict(cls.config_section())
   c.model = dict(num_layers=6, d_model=256, num_heads=4, d_ff=1024, dtype="float32")
   c.data = default_data_config()
   c.seq_len = 256

@@ -39,6 +39,14 @@ class MaskingSchedule:
     if self.kind == "poly" and self.exponent <= 0:
       raise ValueError(f"poly schedule needs exponent > 0, got {self.exponent}.")
 
+  @property
+  def name(self) -> str:
+    """The name `get_schedule` parses back: 'linear', 'cosine' or 'polyK' (e.g. 'poly2')."""
+    if self.kind != "poly":
+      return self.kind
+    k = self.exponent
+    return f"poly{int(k) if float(k).is_integer() else k}"
+
   def alpha(self, t):
     """alpha_t: float[...] probability a token is still clean at time t."""
     if self.kind == "linear":

@@ -1,6 +1,8 @@
 """Objective registry: `make_objective(config, tokenizer)` builds one by name.
 
-Adding an objective means one new file and one entry in `REGISTRY`.
+Adding an objective means one new file and one entry in `REGISTRY`; its config
+section `config.<name>` is built from its dataclass defaults
+(`Objective.config_section`).
 """
 from __future__ import annotations
 

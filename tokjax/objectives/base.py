@@ -4,6 +4,13 @@ An objective turns clean tokens into model inputs plus targets and per-token
 loss weights (`corrupt`), and scores the backbone's logits (`token_nats`). The
 trainer and the evaluator only call `loss` and `likelihood`, so they never
 branch on the objective's name.
+
+An objective is a frozen dataclass whose init fields are of two kinds: those
+the tokenizer fixes (ids, counts; declared with `from_tokenizer`) and the
+user's settings, every other init field. The settings' dataclass defaults are
+the only place their defaults are written: `Objective.config_section` turns
+them into the config section `config.<name>`, and `Objective.from_config`
+reads them back.
 """
 from __future__ import annotations
 
@@ -16,13 +23,51 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from ml_collections import config_dict
 
 from tokjax.models import Transformer, TransformerConfig
-from tokjax.schedules import MaskingSchedule
+from tokjax.samplers.base import SamplingSpec
+from tokjax.schedules import MaskingSchedule, get_schedule
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 LIKELIHOOD_KINDS = (
     "exact", "exact_conditional", "elbo_upper_bound", "pseudo_likelihood", "none")
+
+
+FROM_TOKENIZER = "from_tokenizer"  # The metadata key `from_tokenizer` sets.
+
+
+def from_tokenizer(attribute: str = "", default: Any = dataclasses.MISSING) -> Any:
+  """A dataclass field the tokenizer fixes (an id or a count), not a user setting.
+
+  Args:
+    attribute: the tokenizer attribute it copies (e.g. 'mask_id'), or '' when
+      the class's `tokenizer_fields` computes it.
+    default: its value when the class is built by hand (usually an invalid -1
+      or () that `__post_init__` rejects).
+  """
+  return dataclasses.field(default=default, metadata={FROM_TOKENIZER: attribute})
+
+
+def config_value(value: Any) -> Any:
+  """A setting's default as a config stores it.
+
+  A `MaskingSchedule` by name; None as a placeholder that takes any value, so
+  that a flag such as `--config.multi_token.head_weights='(1, 0.5)'` can set it.
+  """
+  if value is None:
+    return config_dict.placeholder(object)
+  return value.name if isinstance(value, MaskingSchedule) else value
+
+
+def setting_value(value: Any, default: Any) -> Any:
+  """A config's value as the setting whose default is `default`: the inverse of `config_value`.
+
+  A schedule name becomes a `MaskingSchedule` and a list a tuple.
+  """
+  if isinstance(default, MaskingSchedule):
+    return get_schedule(value)
+  return tuple(value) if isinstance(value, list) else value
 
 
 def forbid_ids(logits: jax.Array, *ids: int) -> jax.Array:
@@ -63,47 +108,32 @@ class Targets:
 
 class MaskInfilling:
   """Mixin for objectives whose model fills MASK positions given both sides
-  (md4, maskgit, mlm): each hole becomes hole_len MASKs, filled in place."""
+  (md4, maskgit, mlm): hole i becomes hole_len[i] MASKs, filled in place."""
 
   def infill_prompt(self, pieces, hole_len):
-    hole = np.full(hole_len, self.mask_id, np.int32)
-    return np.concatenate([x for piece in pieces[:-1] for x in (piece, hole)] + [pieces[-1]])
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingSpec:
-  """What a sampler needs from the objective that trained the model.
-
-  Attributes:
-    mask_id: the MASK id a denoising sampler starts from (-1: none).
-    forbidden_ids: ids the trained distribution gives probability 0.
-    noise_schedule: the masking schedule alpha_t (None: not masked diffusion).
-    time_conditioning: whether the network takes the diffusion time t.
-    prefix_attention: whether a prompt is a bidirectional prefix (prefix LM).
-  """
-
-  mask_id: int = -1
-  forbidden_ids: tuple[int, ...] = ()
-  noise_schedule: MaskingSchedule | None = None
-  time_conditioning: bool = False
-  prefix_attention: bool = False
+    holes = [np.full(n, self.mask_id, np.int32) for n in hole_len]
+    return np.concatenate([x for piece, hole in zip(pieces, holes) for x in (piece, hole)]
+                          + [pieces[-1]]).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """Base class: subclasses set the class attributes and implement `corrupt`.
 
+  Fields marked `from_tokenizer` come from the tokenizer (`tokenizer_fields`);
+  every other init field is a setting, read from `config.<name>`.
+
   Attributes:
-    pad_id: the PAD token id; PAD positions are never scored.
-    num_bytes: ids below this are bytes (bits-per-byte accounting).
+    pad_id: the PAD token id (tokenizer.pad_id); PAD positions are never scored.
+    num_bytes: ids below this are bytes (tokenizer.num_bytes; bits-per-byte accounting).
     name, attention, likelihood_kind: set by each subclass.
     samplers: the registered samplers that fit this objective; the first is
       its default, and () means none yet.
     eval_samples: draws per sequence when evaluating a stochastic figure.
   """
 
-  pad_id: int
-  num_bytes: int
+  pad_id: int = from_tokenizer("pad_id")
+  num_bytes: int = from_tokenizer("num_bytes")
 
   name: str = dataclasses.field(default="", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
@@ -118,10 +148,41 @@ class Objective:
     return ()
 
   @classmethod
-  def from_config(cls, config, tokenizer) -> "Objective":
-    """Builds the objective from its own config section (`config.<name>`)."""
-    del config  # No settings of its own.
-    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes)
+  def setting_fields(cls) -> list[dataclasses.Field]:
+    """The settings: the init fields not marked `from_tokenizer`."""
+    return [f for f in dataclasses.fields(cls) if f.init and FROM_TOKENIZER not in f.metadata]
+
+  @classmethod
+  def config_section(cls) -> dict[str, Any]:
+    """{setting: default}, the section `config.<name>` of `tokjax.config.base_config`.
+
+    The defaults are the dataclass's own, as the config stores them (`config_value`).
+    """
+    return {f.name: config_value(f.default) for f in cls.setting_fields()}
+
+  @classmethod
+  def tokenizer_fields(cls, tokenizer, section) -> dict[str, Any]:
+    """{field: value} of the `from_tokenizer` fields, for this tokenizer and config section.
+
+    Here those that name a tokenizer attribute; subclasses add the others.
+    """
+    del section
+    return {f.name: getattr(tokenizer, f.metadata[FROM_TOKENIZER])
+            for f in dataclasses.fields(cls) if f.metadata.get(FROM_TOKENIZER)}
+
+  @classmethod
+  def from_config(cls, section, tokenizer) -> "Objective":
+    """Builds the objective from its config section `config.<name>` and the tokenizer.
+
+    A setting the section lacks (e.g. in a run saved before the setting
+    existed) keeps its default.
+
+    Raises:
+      ValueError: a setting the objective's own checks reject.
+    """
+    settings = {f.name: setting_value(section[f.name], f.default)
+                for f in cls.setting_fields() if f.name in section}
+    return cls(**cls.tokenizer_fields(tokenizer, section), **settings)
 
   def eval_report(self, totals: dict) -> dict:
     """Extra report entries from the evaluation sums (e.g. accuracy, AUC)."""
@@ -132,12 +193,14 @@ class Objective:
     """The module this objective trains: by default the shared backbone."""
     return Transformer(model_config, rngs=rngs)
 
-  def infill_prompt(self, pieces: list[np.ndarray], hole_len: int) -> np.ndarray | None:
+  def infill_prompt(self, pieces: list[np.ndarray],
+                    hole_len: tuple[int, ...]) -> np.ndarray | None:
     """The prompt asking this objective's model to fill the holes between `pieces`.
 
     Args:
       pieces: the known text, int32[...] ids each; a hole lies between consecutive ones.
-      hole_len: tokens per hole, for models that need the length up front.
+      hole_len: tokens per hole, one per hole (len(pieces) - 1 of them), for
+        models that need the length up front.
 
     Returns:
       int32[prompt_len], or None when this objective's model cannot infill.

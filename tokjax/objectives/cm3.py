@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, Targets, from_tokenizer
 from tokjax.objectives.causal import PlainOrderEvaluation
 
 
@@ -160,13 +160,13 @@ class CM3(PlainOrderEvaluation, Objective):
   """CM3 causal masking (see module docstring).
 
   Attributes:
-    sentinel_ids: ids of '<sentinel_0>', ... (at least max_spans of them).
-    eos_id: the id appended after the last moved span.
+    sentinel_ids: the tokenizer's ids of '<sentinel_0>', ... (at least max_spans of them).
+    eos_id: the id appended after the last moved span (tokenizer.eos_id).
     max_spans: static cap on spans per row, >= 1.
   """
 
-  sentinel_ids: tuple[int, ...] = ()
-  eos_id: int = -1
+  sentinel_ids: tuple[int, ...] = from_tokenizer(default=())
+  eos_id: int = from_tokenizer("eos_id", -1)
   max_spans: int = 3
 
   name: str = dataclasses.field(default="cm3", init=False)
@@ -189,14 +189,10 @@ class CM3(PlainOrderEvaluation, Objective):
     return sentinel_names(config.max_spans)
 
   @classmethod
-  def from_config(cls, config, tokenizer) -> "CM3":
-    return cls(
-        pad_id=tokenizer.pad_id,
-        num_bytes=tokenizer.num_bytes,
-        sentinel_ids=sentinel_ids(tokenizer, config.max_spans),
-        eos_id=tokenizer.eos_id,
-        max_spans=config.max_spans,
-    )
+  def tokenizer_fields(cls, tokenizer, section) -> dict:
+    """Adds sentinel_ids, those of `extra_special_tokens(section)`."""
+    return dict(super().tokenizer_fields(tokenizer, section),
+                sentinel_ids=sentinel_ids(tokenizer, section.max_spans))
 
   def infill_prompt(self, pieces, hole_len):
     """The text with a sentinel per hole, then <sentinel_0>: the model writes span 0 next."""

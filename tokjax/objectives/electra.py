@@ -170,7 +170,8 @@ class Electra(MLM):
   """ELECTRA replaced-token detection (see module docstring).
 
   Selection is MLM's `masking_policy` at `mask_ratio`; every selected position
-  becomes MASK for the generator (replace_mask=1, replace_random=0).
+  becomes MASK for the generator (replace_mask=1, replace_random=0). Its
+  settings (`config.electra`) are MLM's, with these defaults, and its own.
 
   Attributes:
     disc_weight: lambda, the weight of the discriminator loss (50 in the paper).
@@ -193,14 +194,6 @@ class Electra(MLM):
       raise ValueError(f"disc_weight={self.disc_weight} must be >= 0; ELECTRA uses 50.")
     if self.eval_bins < 2:
       raise ValueError(f"eval_bins={self.eval_bins} must be >= 2, e.g. 64.")
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "Electra":
-    return cls(
-        pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes, mask_id=tokenizer.mask_id,
-        mask_ratio=config.mask_ratio, masking_policy=config.masking_policy,
-        disc_weight=config.disc_weight, generator_scale=config.generator_scale,
-    )
 
   def build_model(self, model_config: TransformerConfig, rngs: nnx.Rngs) -> ElectraModel:
     return ElectraModel(model_config, generator_scale=self.generator_scale,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import ModelInputs, Objective, Targets, from_tokenizer
 from tokjax.objectives.causal import PlainOrderEvaluation
 from tokjax.objectives.cm3 import arrange, causal_targets, real_length
 
@@ -46,16 +46,17 @@ class FIM(PlainOrderEvaluation, Objective):
   """Fill-in-the-middle (see module docstring).
 
   Attributes:
-    prefix_id, suffix_id, middle_id: ids of '<fim_prefix>', '<fim_suffix>', '<fim_middle>'.
-    eos_id: the id that ends the middle.
+    prefix_id, suffix_id, middle_id: ids of '<fim_prefix>', '<fim_suffix>',
+      '<fim_middle>' in the tokenizer.
+    eos_id: the id that ends the middle (tokenizer.eos_id).
     fim_rate: fraction of rows rearranged, in [0, 1] (the paper's 0.5 default).
     fim_spm_rate: fraction of rearranged rows in SPM order, in [0, 1].
   """
 
-  prefix_id: int = -1
-  suffix_id: int = -1
-  middle_id: int = -1
-  eos_id: int = -1
+  prefix_id: int = from_tokenizer(default=-1)
+  suffix_id: int = from_tokenizer(default=-1)
+  middle_id: int = from_tokenizer(default=-1)
+  eos_id: int = from_tokenizer("eos_id", -1)
   fim_rate: float = 0.5
   fim_spm_rate: float = 0.5
 
@@ -81,13 +82,11 @@ class FIM(PlainOrderEvaluation, Objective):
     return FIM_TOKENS
 
   @classmethod
-  def from_config(cls, config, tokenizer) -> "FIM":
+  def tokenizer_fields(cls, tokenizer, section) -> dict:
+    """Adds prefix_id, suffix_id, middle_id: the tokenizer's ids of the FIM specials."""
     ids = [tokenizer.special_tokens[n] for n in FIM_TOKENS[:3]]
-    return cls(
-        pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
-        prefix_id=ids[0], suffix_id=ids[1], middle_id=ids[2], eos_id=tokenizer.eos_id,
-        fim_rate=config.fim_rate, fim_spm_rate=config.fim_spm_rate,
-    )
+    fields = dict(zip(("prefix_id", "suffix_id", "middle_id"), ids))
+    return dict(super().tokenizer_fields(tokenizer, section), **fields)
 
   def infill_prompt(self, pieces, hole_len):
     """PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle>; the middle is generated.

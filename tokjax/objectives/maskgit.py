@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from tokjax.masking import count_mask
 from tokjax.objectives.base import (
-    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
-from tokjax.schedules import MaskingSchedule, get_schedule
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
+from tokjax.schedules import MaskingSchedule
 
 
 def num_to_mask(schedule: MaskingSchedule, t: jax.Array, num_tokens: jax.Array) -> jax.Array:
@@ -33,22 +33,18 @@ class MaskGIT(MaskInfilling, Objective):
   """MaskGIT training (see module docstring).
 
   Attributes:
-    mask_id: the MASK token id.
-    noise_schedule: the mask-ratio schedule (cosine in the paper).
+    mask_id: the MASK token id (tokenizer.mask_id).
+    noise_schedule: the mask-ratio schedule (cosine in the paper); the config
+      stores its name (`config.maskgit.noise_schedule`, e.g. 'poly2').
   """
 
-  mask_id: int = -1
+  mask_id: int = from_tokenizer("mask_id", -1)
   noise_schedule: MaskingSchedule = MaskingSchedule("cosine")
 
   name: str = dataclasses.field(default="maskgit", init=False)
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="pseudo_likelihood", init=False)
   samplers: tuple[str, ...] = dataclasses.field(default=("maskgit",), init=False)
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "MaskGIT":
-    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
-               mask_id=tokenizer.mask_id, noise_schedule=get_schedule(config.noise_schedule))
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     t_rng, order_rng = jax.random.split(rng)

@@ -42,8 +42,8 @@ import jax.numpy as jnp
 
 from tokjax.masking import count_mask
 from tokjax.objectives.base import (
-    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
-from tokjax.schedules import MaskingSchedule, get_schedule
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
+from tokjax.schedules import MaskingSchedule
 
 
 def stratified_times(rng: jax.Array, batch: int, antithetic: bool) -> jax.Array:
@@ -64,18 +64,20 @@ class MD4(MaskInfilling, Objective):
   """MD4 masked diffusion (see module docstring).
 
   Attributes:
-    mask_id: the MASK token id m.
-    forbidden_ids: ids that never occur in text (PAD, MASK, extra specials);
-      the denoiser gives them probability 0, in the loss and in the sampler.
-    noise_schedule: the alpha_t schedule shared with the sampler.
+    mask_id: the MASK token id m (tokenizer.mask_id).
+    forbidden_ids: ids that never occur in text (PAD, MASK, extra specials;
+      tokenizer.non_text_ids): the denoiser gives them probability 0, in the
+      loss and in the sampler.
+    noise_schedule: the alpha_t schedule shared with the sampler; the config
+      stores its name (`config.md4.noise_schedule`: 'linear', 'cosine', 'polyK').
     antithetic: stratify t over the batch (lower variance, same expectation).
     time_conditioning: feed t to the backbone.
     eval_samples: Monte-Carlo draws per sequence for evaluation; >= 2 gives a
       standard error, 1 gives the estimate alone.
   """
 
-  mask_id: int = -1
-  forbidden_ids: tuple[int, ...] = ()
+  mask_id: int = from_tokenizer("mask_id", -1)
+  forbidden_ids: tuple[int, ...] = from_tokenizer("non_text_ids", ())
   noise_schedule: MaskingSchedule = MaskingSchedule("linear")
   antithetic: bool = True
   time_conditioning: bool = False
@@ -86,19 +88,6 @@ class MD4(MaskInfilling, Objective):
   likelihood_kind: str = dataclasses.field(default="elbo_upper_bound", init=False)
   samplers: tuple[str, ...] = dataclasses.field(
       default=("md4", "first_hitting", "maskgit"), init=False)
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "MD4":
-    return cls(
-        pad_id=tokenizer.pad_id,
-        num_bytes=tokenizer.num_bytes,
-        mask_id=tokenizer.mask_id,
-        forbidden_ids=tokenizer.non_text_ids,
-        noise_schedule=get_schedule(config.noise_schedule),
-        antithetic=config.antithetic,
-        time_conditioning=config.time_conditioning,
-        eval_samples=config.eval_samples,
-    )
 
   def __post_init__(self):
     if self.eval_samples < 1:

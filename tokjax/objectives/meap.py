@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax import masking
-from tokjax.objectives.base import ModelInputs, Targets
+from tokjax.objectives.base import ModelInputs, Targets, from_tokenizer
 from tokjax.objectives.causal import Causal
 
 
@@ -25,22 +25,17 @@ class MEAP(Causal):
   """Causal LM on inputs with `mask_ratio` of the tokens (never PAD) masked.
 
   Attributes:
-    mask_id: the MASK token id.
+    mask_id: the MASK token id (tokenizer.mask_id).
     mask_ratio: expected fraction of input tokens masked, in (0, 1).
   """
 
-  mask_id: int = -1
+  mask_id: int = from_tokenizer("mask_id", -1)
   mask_ratio: float = 0.15
 
   name: str = dataclasses.field(default="meap", init=False)
 
   def __post_init__(self):
     masking.check_mask_ratio(self.mask_ratio)
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "MEAP":
-    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
-               mask_id=tokenizer.mask_id, mask_ratio=config.mask_ratio)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     inputs, targets = super().corrupt(tokens, rng)

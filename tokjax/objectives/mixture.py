@@ -25,13 +25,16 @@ class Mixture(Objective):
   Attributes:
     components: the objectives to mix; the first one is evaluated.
     weights: one positive weight per component.
+
+  Its config section names the components (`objectives`) and their `weights`;
+  each component reads its own section, `config.<component>`.
   """
 
   components: tuple[Objective, ...] = ()
   weights: tuple[float, ...] = ()
 
   name: str = dataclasses.field(default="mixture", init=False)
-  # from_config and extra_special_tokens receive the whole experiment config.
+  # from_config, tokenizer_fields and extra_special_tokens receive the whole experiment config.
   composite: ClassVar[bool] = True
 
   def __post_init__(self):
@@ -60,11 +63,17 @@ class Mixture(Objective):
     return tuple(names)
 
   @classmethod
+  def config_section(cls) -> dict:
+    """Component names and their weights: MLM and MaskGIT, equally likely."""
+    return dict(objectives=("mlm", "maskgit"), weights=(1.0, 1.0))
+
+  @classmethod
   def from_config(cls, config, tokenizer) -> "Mixture":
+    """Builds each component from its own section; `config` is the whole experiment config."""
     components = tuple(c.from_config(config.get(c.name), tokenizer)
                        for c in _component_classes(config))
-    return cls(pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
-               components=components, weights=tuple(config.mixture.weights))
+    return cls(**cls.tokenizer_fields(tokenizer, config), components=components,
+               weights=tuple(config.mixture.weights))
 
   def sampling_spec(self) -> SamplingSpec:
     """The first component's: the mixture samples as its first component does."""

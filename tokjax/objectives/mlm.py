@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from tokjax import masking
 from tokjax.objectives.base import (
-    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids)
+    MaskInfilling, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
 from tokjax.schedules import MaskingSchedule
 
 
@@ -33,7 +33,7 @@ class MLM(MaskInfilling, Objective):
   """BERT masked LM (see module docstring).
 
   Attributes:
-    mask_id: the MASK token id.
+    mask_id: the MASK token id (tokenizer.mask_id).
     mask_ratio: expected fraction of eligible tokens selected, in (0, 1).
     masking_policy: a name in `tokjax.masking.MASKING_POLICIES`.
     replace_mask: fraction of selected positions replaced by MASK.
@@ -43,7 +43,7 @@ class MLM(MaskInfilling, Objective):
     max_ngram: longest n-gram in tokens ('ngram' policy).
   """
 
-  mask_id: int = -1
+  mask_id: int = from_tokenizer("mask_id", -1)
   mask_ratio: float = 0.15
   masking_policy: str = "token"
   replace_mask: float = 0.8
@@ -70,21 +70,6 @@ class MLM(MaskInfilling, Objective):
           f"replace_mask={self.replace_mask} and replace_random={self.replace_random} must be"
           " >= 0 and sum to at most 1 (BERT uses 0.8 and 0.1)."
       )
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "MLM":
-    return cls(
-        pad_id=tokenizer.pad_id,
-        num_bytes=tokenizer.num_bytes,
-        mask_id=tokenizer.mask_id,
-        mask_ratio=config.mask_ratio,
-        masking_policy=config.masking_policy,
-        replace_mask=config.replace_mask,
-        replace_random=config.replace_random,
-        span_p=config.span_p,
-        max_span=config.max_span,
-        max_ngram=config.max_ngram,
-    )
 
   def select(self, tokens: jax.Array, rng: jax.Array) -> jax.Array:
     """bool[batch, seq_len]: the positions to predict, by `masking_policy`."""

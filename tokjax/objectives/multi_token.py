@@ -31,7 +31,7 @@ class MultiToken(Objective):
   Attributes:
     num_predict: n >= 2, the number of heads (future tokens per position).
     head_weights: n non-negative loss weights w_k with a positive sum, or
-      None for uniform weights.
+      None for uniform weights (`--config.multi_token.head_weights='(1, 0.5)'`).
 
   Raises:
     ValueError: num_predict < 2, or head_weights of the wrong length, negative,
@@ -62,17 +62,6 @@ class MultiToken(Objective):
       raise ValueError(
           f"multi_token.head_weights={weights} must be finite, >= 0 and sum to > 0."
       )
-
-  @classmethod
-  def from_config(cls, config, tokenizer) -> "MultiToken":
-    """Reads `num_predict` (default 4) and `head_weights` (default None: uniform)."""
-    config = config or {}
-    weights = config.get("head_weights")
-    return cls(
-        pad_id=tokenizer.pad_id, num_bytes=tokenizer.num_bytes,
-        num_predict=int(config.get("num_predict", 4)),
-        head_weights=None if weights is None else tuple(float(w) for w in weights),
-    )
 
   @property
   def weights(self) -> tuple[float, ...]:

@@ -29,7 +29,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, from_tokenizer
 from tokjax.objectives.cm3 import (
     arrange, sentinel_ids, sentinel_names, sentinel_prompt, splice_spans)
 
@@ -68,14 +68,17 @@ class SpanCorruption(Objective):
   """T5 span corruption (see module docstring).
 
   Attributes:
-    sentinel_ids: ids of '<sentinel_0>', ...; their count caps num_spans.
+    sentinel_ids: the tokenizer's ids of '<sentinel_0>', ... (num_sentinels of
+      them, rounded up to an even count); their count caps num_spans.
     noise_density: fraction of clean tokens that are noise, in (0, 1).
     mean_noise_span_length: mean span length in tokens, >= 1.
+    num_sentinels: sentinels the tokenizer gets, >= 1.
   """
 
-  sentinel_ids: tuple[int, ...] = ()
+  sentinel_ids: tuple[int, ...] = from_tokenizer(default=())
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
+  num_sentinels: int = 32
 
   name: str = dataclasses.field(default="span_corruption", init=False)
   attention: str = dataclasses.field(default="prefix", init=False)
@@ -93,10 +96,14 @@ class SpanCorruption(Objective):
           f"span_corruption.mean_noise_span_length={self.mean_noise_span_length} must be "
           ">= 1, e.g. 3 (T5)."
       )
-    if not self.sentinel_ids:
+    if self.num_sentinels < 1:
       raise ValueError(
-          "SpanCorruption needs sentinel ids; build it with SpanCorruption.from_config("
-          "config, tokenizer) on a tokenizer made with its extra_special_tokens."
+          f"span_corruption.num_sentinels={self.num_sentinels} must be >= 1, e.g. 32 (T5 has 100).")
+    if len(self.sentinel_ids) < self.num_sentinels:
+      raise ValueError(
+          f"SpanCorruption needs {self.num_sentinels} sentinel ids; build it with "
+          "SpanCorruption.from_config(config, tokenizer) on a tokenizer made with its "
+          "extra_special_tokens."
       )
 
   def sampling_spec(self) -> SamplingSpec:
@@ -117,14 +124,10 @@ class SpanCorruption(Objective):
     return sentinel_names(config.num_sentinels)
 
   @classmethod
-  def from_config(cls, config, tokenizer) -> "SpanCorruption":
-    return cls(
-        pad_id=tokenizer.pad_id,
-        num_bytes=tokenizer.num_bytes,
-        sentinel_ids=sentinel_ids(tokenizer, config.num_sentinels),
-        noise_density=config.noise_density,
-        mean_noise_span_length=config.mean_noise_span_length,
-    )
+  def tokenizer_fields(cls, tokenizer, section) -> dict:
+    """Adds sentinel_ids, those of `extra_special_tokens(section)`."""
+    return dict(super().tokenizer_fields(tokenizer, section),
+                sentinel_ids=sentinel_ids(tokenizer, section.num_sentinels))
 
   def sizes(self, clean_len: int) -> Layout:
     """Noise and span counts for clean_len tokens (T5's rounding)."""
