@@ -206,30 +206,30 @@ def test_fim_and_cm3_evaluate_the_exact_nll_of_the_plain_text(cls, config):
 def test_fim_infill_prompt_and_splice():
   obj, tok = build(FIM, **FIM_CONFIG)
   pieces = [np.array([1, 2]), np.array([3])]
-  prompt = obj.infill_prompt(pieces, hole_len=4)
+  prompt = obj.infill_prompt(pieces, hole_len=(4,))
   np.testing.assert_array_equal(prompt, [obj.prefix_id, 1, 2, obj.suffix_id, 3, obj.middle_id])
   generated = np.concatenate([prompt, [7, 8, EOS, 9]])
   np.testing.assert_array_equal(obj.infill_result(pieces, prompt, generated), [1, 2, 7, 8, 3])
   with pytest.raises(ValueError, match="one hole"):
-    obj.infill_prompt(pieces + [np.array([4])], hole_len=4)
+    obj.infill_prompt(pieces + [np.array([4])], hole_len=(4,))
 
 
 def test_cm3_and_span_corruption_infill_prompts_and_splices():
   pieces = [np.array([1, 2]), np.array([3]), np.array([4])]
   cm3, _ = build(CM3, **CM3_CONFIG)
   s0, s1 = cm3.sentinel_ids[:2]
-  prompt = cm3.infill_prompt(pieces, hole_len=4)
+  prompt = cm3.infill_prompt(pieces, hole_len=(4,))
   np.testing.assert_array_equal(prompt, [1, 2, s0, 3, s1, 4, s0])
   generated = np.concatenate([prompt, [7, 8, s1, 9, EOS, 5]])
   np.testing.assert_array_equal(cm3.infill_result(pieces, prompt, generated), [1, 2, 7, 8, 3, 9, 4])
   t5, _ = build(SpanCorruption, **T5_CONFIG)
   s0, s1 = t5.sentinel_ids[:2]
-  prompt = t5.infill_prompt(pieces, hole_len=4)
+  prompt = t5.infill_prompt(pieces, hole_len=(4,))
   np.testing.assert_array_equal(prompt, [1, 2, s0, 3, s1, 4])
   generated = np.concatenate([prompt, [s0, 7, s1, 9, 9, PAD]])  # PAD ends it.
   np.testing.assert_array_equal(t5.infill_result(pieces, prompt, generated), [1, 2, 7, 3, 9, 9, 4])
   with pytest.raises(ValueError, match="sentinels"):
-    cm3.infill_prompt([np.array([1])] * 5, hole_len=4)  # 4 holes, max_spans = 3.
+    cm3.infill_prompt([np.array([1])] * 5, hole_len=(4,))  # 4 holes, max_spans = 3.
 
 
 def test_bad_settings_are_clear_errors():

@@ -11,9 +11,8 @@ from scipy import stats
 
 from tokjax.models import Transformer, TransformerConfig
 from tokjax.samplers import (
-    SAMPLERS, ModelFns, autoregressive, first_hitting, get_sampler, maskgit, md4, model_fns,
-    precision_scope,
-    sample_categorical,
+    SAMPLERS, ModelFns, SamplingSpec, autoregressive, first_hitting, get_sampler, maskgit, md4,
+    model_fns, precision_scope, sample_categorical,
 )
 from tokjax.samplers.categorical import gumbel_noise
 from tokjax.schedules import get_schedule
@@ -233,8 +232,8 @@ def test_md4_unmasks_on_schedule_and_never_remasks():
   logits[mask_id] = logits[pad_id] = 50.0  # excluded however likely the model says
   fns, params = constant_fns(logits, expect_time=True)
   prompt = jnp.tile(jnp.array([[1, 2, 3]], jnp.int32), (32, 1))
-  kwargs = dict(seq_len=32, num_steps=num_steps, schedule=schedule, mask_id=mask_id,
-                time_conditioning=True, forbidden_ids=(pad_id,))
+  kwargs = dict(seq_len=32, num_steps=num_steps,
+                spec=SamplingSpec(mask_id, (pad_id,), schedule, time_conditioning=True))
   states = []
   out = md4.sample(fns, params, prompt, jax.random.key(5), debug=True, on_step=states.append,
                    **kwargs).tokens
@@ -265,8 +264,7 @@ def test_md4_cached_gives_the_uncached_tokens_with_fewer_calls():
   """On a 64-step grid over 6 masked tokens most steps unmask nothing: cached
   mode calls the network only after steps that changed z, with the same tokens."""
   fns = ModelFns(lambda params, z, **kw: toy_logits(z))
-  kwargs = dict(seq_len=6, num_steps=64, schedule=get_schedule("linear"), mask_id=TOY_MASK,
-                forbidden_ids=(TOY_PAD,), top_k=2, top_p=0.9)
+  kwargs = dict(seq_len=6, num_steps=64, spec=toy_spec("linear"), top_k=2, top_p=0.9)
   prompt = jnp.zeros((4, 0), jnp.int32)
   plain = md4.sample(fns, None, prompt, jax.random.key(2), **kwargs)
   states = []
@@ -277,7 +275,8 @@ def test_md4_cached_gives_the_uncached_tokens_with_fewer_calls():
   changed = [bool(s.stale) for s in states[:-1]]  # Did step k change z (so k+1 must call)?
   assert int(cached.nfe) == 1 + sum(changed) < 64
   with pytest.raises(ValueError, match="time_conditioning"):
-    md4.sample(fns, None, prompt, jax.random.key(2), cached=True, time_conditioning=True, **kwargs)
+    md4.sample(fns, None, prompt, jax.random.key(2), cached=True,
+               **dict(kwargs, spec=SamplingSpec(TOY_MASK, (TOY_PAD,), get_schedule("linear"), True)))
 
 
 @pytest.mark.parametrize("name", ["md4", "maskgit", "first_hitting"])
@@ -291,7 +290,7 @@ def test_semi_autoregressive_generates_past_the_window(name):
     seen.append(z.shape[1])
     return toy_logits(z % 3)
 
-  kwargs = dict(schedule=get_schedule("cosine"), mask_id=TOY_MASK, forbidden_ids=(TOY_PAD,))
+  kwargs = dict(spec=toy_spec("cosine"))
   if name != "first_hitting":
     kwargs["num_steps"] = 4
   prompt = jnp.array([[1, 2]] * 3, jnp.int32)
@@ -307,9 +306,9 @@ def test_semi_autoregressive_generates_past_the_window(name):
 def test_md4_with_a_real_model_fills_every_mask():
   fns, params = tiny_model(time_conditioning=True)
   prompt = jnp.array([[5, 6], [7, 8]], jnp.int32)
+  spec = SamplingSpec(31, (), get_schedule("linear"), time_conditioning=True)
   out = get_sampler("md4")(fns, params, prompt, jax.random.key(0), seq_len=16, num_steps=4,
-                           schedule=get_schedule("linear"), mask_id=31, time_conditioning=True,
-                           precision="float64").tokens
+                           spec=spec, precision="float64").tokens
   assert out.shape == (2, 16) and out.dtype == jnp.int32
   assert not (np.asarray(out) == 31).any()
   np.testing.assert_array_equal(out[:, :2], prompt)
@@ -319,6 +318,10 @@ def test_md4_with_a_real_model_fills_every_mask():
 
 TOY_TABLES = np.random.default_rng(4).normal(size=(3, 5, 5)).astype(np.float32) * 1.5
 TOY_MASK, TOY_PAD = 4, 3  # Tokens 0, 1, 2 are real.
+
+
+def toy_spec(schedule: str) -> SamplingSpec:
+  return SamplingSpec(TOY_MASK, (TOY_PAD,), get_schedule(schedule))
 
 
 def toy_logits(z):
@@ -360,8 +363,7 @@ def test_masked_samplers_match_the_enumerated_distribution(name, steps, start):
   1e-3. md4 on a 1,000-step grid unmasks two tokens in one step with
   probability ~0.3%, far below what 20,000 draws resolve."""
   fns = ModelFns(lambda params, z, **kw: toy_logits(z))
-  kwargs = dict(seq_len=3, schedule=get_schedule("linear"), mask_id=TOY_MASK,
-                forbidden_ids=(TOY_PAD,), precision="float64")
+  kwargs = dict(seq_len=3, spec=toy_spec("linear"), precision="float64")
   if steps:
     kwargs["num_steps"] = steps
   prompt = jnp.tile(jnp.asarray(start, jnp.int32)[None], (20_000, 1))
@@ -378,8 +380,7 @@ def test_first_hitting_makes_one_call_per_masked_token():
   states = []
   prompt = jnp.array([[1, TOY_MASK], [TOY_MASK, TOY_MASK]], jnp.int32)  # 1 and 2 holes + 1 tail.
   out, nfe = first_hitting.sample(fns, None, prompt, jax.random.key(0), seq_len=3,
-                                  schedule=get_schedule("cosine"), mask_id=TOY_MASK, debug=True,
-                                  on_step=states.append)
+                                  spec=toy_spec("cosine"), debug=True, on_step=states.append)
   assert len(states) == 3 and int(nfe) == 3 and out[0, 0] == 1
   assert not (np.asarray(out) == TOY_MASK).any()
   t = np.array([np.asarray(s.t) for s in states])
@@ -398,8 +399,8 @@ def test_maskgit_commits_exactly_the_scheduled_count(schedule, num_steps):
   logits[mask_id] = logits[pad_id] = 50.0
   fns, params = constant_fns(logits, expect_time=False)
   prompt = np.tile(np.array([[1, mask_id, 3]], np.int32), (4, 1))  # One hole in the prompt.
-  kwargs = dict(seq_len=20, num_steps=num_steps, schedule=get_schedule(schedule), mask_id=mask_id,
-                forbidden_ids=(pad_id,))
+  kwargs = dict(seq_len=20, num_steps=num_steps,
+                spec=SamplingSpec(mask_id, (pad_id,), get_schedule(schedule)))
   states = []
   out = maskgit.sample(fns, params, prompt, jax.random.key(1), debug=True, on_step=states.append,
                        **kwargs).tokens
@@ -444,4 +445,4 @@ def test_registry_model_fns_and_debug_errors():
   fns, params = constant_fns(np.zeros(8), expect_time=False)
   with pytest.raises(ValueError, match="debug=True"):
     md4.sample(fns, params, jnp.zeros((1, 2), jnp.int32), jax.random.key(0), seq_len=4,
-               num_steps=2, schedule=get_schedule("linear"), mask_id=7, on_step=print)
+               num_steps=2, spec=SamplingSpec(7, (), get_schedule("linear")), on_step=print)

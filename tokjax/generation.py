@@ -8,10 +8,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from tokjax import sharding
 from tokjax.objectives import REGISTRY, Objective
 from tokjax.samplers import model_fns, sampler_module
 from tokjax.samplers.denoise import semi_autoregressive
@@ -43,33 +46,52 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
   return [tok.decode(row) for row in rows], dict(record, prompt=prompt)
 
 
-def infill(exp, params, text: str, *, placeholder: str, hole_len: int, num_samples: int,
-           seed: int) -> tuple[list[str], dict]:
+def infill(exp, params, text: str, *, placeholder: str, hole_len: int | Sequence[int],
+           num_samples: int, seed: int) -> tuple[list[str], dict]:
   """Fills each `placeholder` in `text` (a BOS is prepended), keeping the rest.
 
-  Masked-token models (md4, maskgit, mlm) fill `hole_len` MASKs per hole in
-  place; fim, cm3 and span_corruption models generate the spans in their own
-  rearranged formats (`Objective.infill_prompt`), spliced back in place.
+  Masked-token models (md4, maskgit, mlm) fill each hole with a fixed number
+  of MASKs in place: `hole_len` tokens for every hole, or one length per hole
+  given as a sequence. fim, cm3 and span_corruption models generate the spans
+  in their own rearranged formats (`Objective.infill_prompt`), each ending at
+  its sentinel or EOS, spliced back in place.
 
   Returns the filled texts and the sampler record.
 
   Raises:
-    ValueError: no placeholder in `text`, an objective that cannot infill
-      (listing those that can), or a prompt longer than seq_len.
+    ValueError: no placeholder in `text`, a hole length < 1 or one length per
+      hole with the wrong count, an objective that cannot infill (listing
+      those that can), or a prompt longer than seq_len.
   """
   tok, objective = exp.tokenizer, exp.objective
   pieces = [tok.encode(piece) for piece in text.split(placeholder)]
   if len(pieces) < 2:
     raise ValueError(f"The infill text has no {placeholder!r}; mark each hole with it.")
+  hole_lens = _hole_lens(hole_len, num_holes=len(pieces) - 1)
   pieces[0] = np.concatenate([[tok.bos_id], pieces[0]]).astype(np.int32)
-  prompt = objective.infill_prompt(pieces, hole_len)
+  prompt = objective.infill_prompt(pieces, hole_lens)
   if prompt is None:
     able = [n for n, c in REGISTRY.items() if c.infill_prompt is not Objective.infill_prompt]
     raise ValueError(f"Objective {objective.name!r} cannot infill; train one of: {', '.join(able)}.")
   rows, record = _run(exp, params, prompt, num_samples=num_samples, seed=seed,
                       seq_len=len(prompt))
   texts = [tok.decode(objective.infill_result(pieces, prompt, row)) for row in rows]
-  return texts, dict(record, infill=text, hole_len=hole_len)
+  return texts, dict(record, infill=text, hole_len=list(hole_lens))
+
+
+def _hole_lens(hole_len: int | Sequence[int], num_holes: int) -> tuple[int, ...]:
+  """One length per hole: `hole_len` repeated, or the given sequence checked.
+
+  Raises:
+    ValueError: a length < 1, or a sequence whose length is not num_holes.
+  """
+  lens = (hole_len,) * num_holes if isinstance(hole_len, int) else tuple(int(n) for n in hole_len)
+  if len(lens) == 1:
+    lens *= num_holes
+  if len(lens) != num_holes or min(lens) < 1:
+    raise ValueError(f"The text has {num_holes} hole(s) but hole_len is {list(lens)}: give one "
+                     "length >= 1 for all holes, or one per hole, e.g. --hole_len=8,3.")
+  return lens
 
 
 def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: int | None = None):
@@ -89,7 +111,7 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
   if len(ids) + (0 if masked else 1) > c.seq_len:
     raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {c.seq_len}; shorten it.")
   length = seq_len or c.sampler.length or c.seq_len
-  prompt_batch = np.tile(np.asarray(ids, np.int32)[None], (num_samples, 1))
+  prompt_batch = prompt_rows(exp.batch_sharding, ids, num_samples)
   args = (_model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed))
   sample = module.sample
   if not masked:
@@ -102,7 +124,19 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
   record = dict(sampler=name, seed=seed, precision=c.sampler.precision,
                 nfe=int(out.nfe), length=int(out.tokens.shape[1]),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
-  return np.asarray(jax.device_get(out.tokens)), record
+  return multihost_utils.process_allgather(out.tokens, tiled=True)[:num_samples], record
+
+
+def prompt_rows(batch_sharding, ids: np.ndarray, num_samples: int) -> jax.Array:
+  """int32[rows, prompt_len]: `ids` repeated, a global array whose rows are
+  sharded over the mesh's data axes (as training batches are), so every device
+  samples its share. rows is num_samples rounded up to a multiple of the data
+  shards; the extra rows are dropped after sampling.
+  """
+  shards = sharding.axes_size(batch_sharding.mesh, batch_sharding.spec[0])
+  rows = -(-num_samples // shards) * shards
+  host = np.tile(np.asarray(ids, np.int32)[None], (rows, 1))
+  return jax.make_array_from_callback(host.shape, batch_sharding, lambda index: host[index])
 
 
 def write_samples(exp, params, workdir: str, step: int, filename: str = "samples.json",

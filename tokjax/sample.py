@@ -3,8 +3,9 @@
   python -m tokjax.sample --workdir DIR [--sampler.prompt=TEXT] [--sampler.num_samples=N] \
       [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...]
 
-With --infill "To be, or ____ to be" the model fills the holes instead,
-writing WORKDIR/infill_STEP.json. Starts from the run's saved sampler settings; each --sampler.KEY flag given
+With --infill "To be, or ____ to be" the model fills the holes instead
+(--hole_len=8, or one length per hole: --hole_len=8,3), writing
+WORKDIR/infill_STEP.json. Starts from the run's saved sampler settings; each --sampler.KEY flag given
 overrides one of them. The sampler is the objective's default unless
 --sampler.name picks another that fits it. Prints the samples and writes them,
 with the sampler settings, to WORKDIR/samples_STEP.json. Only the parameters
@@ -23,7 +24,9 @@ flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's
 flags.DEFINE_string("infill", None, "Text whose --placeholder holes the model fills, e.g. "
                     "'To be, or ____ to be' (md4, maskgit, mlm, fim, cm3, span_corruption).")
 flags.DEFINE_string("placeholder", "____", "Marks a hole in --infill.")
-flags.DEFINE_integer("hole_len", 8, "Tokens per hole for masked-token models (FIM stops at EOS).")
+flags.DEFINE_list("hole_len", ["8"], "Tokens per hole for masked-token models: one length "
+                  "for every hole, or one per hole, e.g. 8,3 (fim, cm3, span_corruption stop "
+                  "at their sentinel or EOS).")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 

@@ -4,12 +4,12 @@ A sampler module has `sample(fns, params, prompt, rng, **kwargs) -> SampleOutput
 `SETTINGS` (the names of the user's settings, `config.sampler.<name>`, whose
 defaults are `sample`'s own), and `bind(settings, spec, tokenizer, seq_len=,
 prompt_len=)`, which adds what a run fixes (ids, schedule) from the objective's
-`SamplingSpec`.
+`SamplingSpec` (masked samplers take it whole, as `spec`).
 """
 import inspect
 
 from tokjax.samplers import autoregressive, first_hitting, maskgit, md4
-from tokjax.samplers.base import ModelFns, SampleOutput, model_fns
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, model_fns
 from tokjax.samplers.categorical import precision_scope, sample_categorical
 
 SAMPLERS = {"ar": autoregressive, "first_hitting": first_hitting, "maskgit": maskgit, "md4": md4}
@@ -38,5 +38,5 @@ def default_settings(name: str) -> dict:
   return {key: parameters[key].default for key in module.SETTINGS}
 
 
-__all__ = ["SAMPLERS", "ModelFns", "SampleOutput", "default_settings", "get_sampler", "model_fns",
+__all__ = ["SAMPLERS", "ModelFns", "SampleOutput", "SamplingSpec", "default_settings", "get_sampler", "model_fns",
            "precision_scope", "sample_categorical", "sampler_module"]

@@ -6,6 +6,7 @@ functions of `params` (the model's `nnx.State`) and run their `step` either in
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -15,6 +16,7 @@ from flax import nnx
 
 from tokjax.models.transformer import TransformerConfig, init_cache
 from tokjax.samplers.categorical import precision_scope
+from tokjax.schedules import MaskingSchedule
 
 
 class ModelFns(NamedTuple):
@@ -34,6 +36,26 @@ class ModelFns(NamedTuple):
   decode: Callable | None = None
   init_cache: Callable | None = None
   max_seq_len: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+  """What a sampler needs from the objective that trained the model
+  (`Objective.sampling_spec()`).
+
+  Attributes:
+    mask_id: the MASK id a denoising sampler starts from (-1: none).
+    forbidden_ids: ids the trained distribution gives probability 0.
+    noise_schedule: the masking schedule alpha_t (None: not masked diffusion).
+    time_conditioning: whether the network takes the diffusion time t.
+    prefix_attention: whether a prompt is a bidirectional prefix (prefix LM).
+  """
+
+  mask_id: int = -1
+  forbidden_ids: tuple[int, ...] = ()
+  noise_schedule: MaskingSchedule | None = None
+  time_conditioning: bool = False
+  prefix_attention: bool = False
 
 
 class SampleOutput(NamedTuple):

@@ -5,23 +5,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tokjax.samplers.base import ModelFns, SampleOutput
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec
 from tokjax.schedules import MaskingSchedule
 
 
-def bind(settings: dict, spec, tokenizer, *, seq_len: int, prompt_len: int) -> dict:
+def bind(settings: dict, spec: SamplingSpec, tokenizer, *, seq_len: int, prompt_len: int) -> dict:
   """A masked sampler's keyword arguments for a run: its settings, the output
-  length, and what the objective's `SamplingSpec` fixes (MASK id, forbidden
-  ids, schedule, time conditioning).
-
-  Raises:
-    ValueError: an objective without a masking schedule.
+  length, and the objective's `SamplingSpec` (MASK id, forbidden ids, schedule,
+  time conditioning).
   """
   del tokenizer, prompt_len  # The spec carries the ids; the prompt is part of seq_len.
-  if spec.noise_schedule is None or spec.mask_id < 0:
-    raise ValueError("This sampler fills MASK positions; the objective trains no masked model.")
-  return dict(settings, seq_len=seq_len, mask_id=spec.mask_id, forbidden_ids=spec.forbidden_ids,
-              schedule=spec.noise_schedule, time_conditioning=spec.time_conditioning)
+  return dict(settings, seq_len=seq_len, spec=spec)
 
 
 def masked_canvas(prompt: jax.Array, seq_len: int, mask_id: int) -> jax.Array:
@@ -31,28 +25,32 @@ def masked_canvas(prompt: jax.Array, seq_len: int, mask_id: int) -> jax.Array:
   return z.at[:, :prompt_len].set(prompt)
 
 
-def denoiser_logits(fns: ModelFns, settings, params, z: jax.Array, t) -> jax.Array:
+def denoiser_logits(fns: ModelFns, spec: SamplingSpec, params, z: jax.Array, t) -> jax.Array:
   """float32[batch, seq_len, vocab] logits of p_theta(x | z_t); MASK and forbidden ids at -inf.
 
-  `settings` carries mask_id, forbidden_ids and time_conditioning (pass t as
-  time=float32[batch] when set).
+  t (a scalar or float32[batch]) reaches the network as time=float32[batch]
+  when `spec.time_conditioning` is set.
 
   Raises:
     ValueError: mask_id or a forbidden id outside the model's vocabulary.
   """
-  kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if settings.time_conditioning else {}
+  kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if spec.time_conditioning else {}
   logits = fns.forward(params, z, attention="bidirectional", **kwargs)
   vocab = logits.shape[-1]
-  never = (settings.mask_id, *settings.forbidden_ids)
+  never = (spec.mask_id, *spec.forbidden_ids)
   if not all(0 <= i < vocab for i in never):
     raise ValueError(
         f"mask_id and forbidden_ids {never} must lie in the model's vocabulary [0, {vocab}).")
   return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
 
 
-def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, schedule,
+def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, spec: SamplingSpec,
              num_steps: int = 1) -> None:
   """Raises ValueError, naming the fix, on shapes, lengths or settings that cannot work."""
+  if not isinstance(spec.noise_schedule, MaskingSchedule) or spec.mask_id < 0:
+    raise ValueError(
+        "This sampler fills MASK positions: spec must be the SamplingSpec of a masked objective "
+        "(md4, maskgit, mlm), with a mask_id and a noise_schedule such as get_schedule('linear').")
   if prompt.ndim != 2:
     raise ValueError(f"prompt must be int32[batch, prompt_len], got shape {prompt.shape}.")
   if prompt.shape[1] > seq_len:
@@ -61,9 +59,6 @@ def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, schedule,
     raise ValueError(f"seq_len={seq_len} > the model's max_seq_len={fns.max_seq_len}; lower seq_len.")
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-  if not isinstance(schedule, MaskingSchedule):
-    raise ValueError(
-        "schedule must be a tokjax.schedules.MaskingSchedule, e.g. get_schedule('linear').")
 
 
 def semi_autoregressive(sample, fns, params, prompt, rng, *, length: int, block_len: int,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
@@ -54,15 +54,12 @@ class FirstHittingState:
 class FirstHittingSettings(NamedTuple):
   """Static settings of one `sample` call (see `sample` for meanings)."""
 
+  spec: SamplingSpec
   seq_len: int
-  schedule: MaskingSchedule
-  mask_id: int
   temperature: float
   top_k: int
   top_p: float
   precision: str
-  time_conditioning: bool
-  forbidden_ids: tuple[int, ...]
 
 
 def sample(
@@ -71,15 +68,12 @@ def sample(
     prompt: jax.Array,
     rng: jax.Array,
     *,
+    spec: SamplingSpec,
     seq_len: int,
-    schedule: MaskingSchedule,
-    mask_id: int,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     precision: str = "float32",
-    time_conditioning: bool = False,
-    forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[FirstHittingState], None] | None = None,
 ) -> SampleOutput:
@@ -92,12 +86,11 @@ def sample(
       mask_id inside it is a hole to fill.
     rng: PRNG key.
     seq_len: output length, <= fns.max_seq_len.
-    schedule: the objective's masking schedule alpha_t.
-    mask_id: the MASK id.
+    spec: the objective's `SamplingSpec` (MASK id, forbidden ids, masking
+      schedule alpha_t; with time_conditioning the row's current t reaches the
+      network, but the sampler is exact only for networks that ignore t, the
+      paper's setting).
     temperature, top_k, top_p, precision: see `categorical.sample_categorical`.
-    time_conditioning: pass the row's current t to `fns.forward`. The sampler
-      is exact only for networks that ignore t (the paper's setting).
-    forbidden_ids: more ids the model never emits (e.g. PAD).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `FirstHittingState` after every step.
 
@@ -106,22 +99,22 @@ def sample(
     most masked tokens of any row.
 
   Raises:
-    ValueError: bad shapes or lengths, ids outside the vocabulary, on_step
+    ValueError: bad shapes or lengths, a spec without a mask schedule, ids
+      outside the vocabulary, on_step
       without debug, or a bad sampling setting.
   """
   prompt = jnp.asarray(prompt, jnp.int32)
-  validate(fns, prompt, seq_len=seq_len, schedule=schedule)
-  settings = FirstHittingSettings(seq_len, schedule, mask_id, temperature, top_k, top_p,
-                                  precision, time_conditioning, tuple(forbidden_ids))
+  validate(fns, prompt, seq_len=seq_len, spec=spec)
+  settings = FirstHittingSettings(spec, seq_len, temperature, top_k, top_p, precision)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
 def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
-  z = masked_canvas(prompt, settings.seq_len, settings.mask_id)
+  z = masked_canvas(prompt, settings.seq_len, settings.spec.mask_id)
   state = FirstHittingState(z, jnp.ones(z.shape[:1], jnp.float32), jnp.int32(0), rng)
 
   def cond(s):
-    return jnp.any(s.z == settings.mask_id)
+    return jnp.any(s.z == settings.spec.mask_id)
 
   state = run_loop(cond, make_step(fns, settings, params), state, debug=debug, on_step=on_step)
   return SampleOutput(state.z, state.nfe)
@@ -138,8 +131,8 @@ def make_step(fns: ModelFns, settings: FirstHittingSettings, params):
 
   def step(state: FirstHittingState) -> FirstHittingState:
     rng, time_key, pick_key, draw_key = jax.random.split(state.rng, 4)
-    masked = state.z == settings.mask_id
-    logits = denoiser_logits(fns, settings, params, state.z, state.t)
+    masked = state.z == settings.spec.mask_id
+    logits = denoiser_logits(fns, settings.spec, params, state.z, state.t)
     scores = jax.random.uniform(pick_key, masked.shape, jnp.float32)
     pick = jnp.argmax(jnp.where(masked, scores, -1.0), axis=-1)  # Uniform among the masked.
     row_logits = jnp.take_along_axis(logits, pick[:, None, None], axis=1)[:, 0]
@@ -150,7 +143,7 @@ def make_step(fns: ModelFns, settings: FirstHittingSettings, params):
     rows = jnp.arange(state.z.shape[0])
     z = state.z.at[rows, pick].set(jnp.where(active, token, state.z[rows, pick]))
     u = jax.random.uniform(time_key, state.t.shape, jnp.float32)
-    t = jnp.where(active, next_time(settings.schedule, state.t, masked.sum(-1), u), state.t)
+    t = jnp.where(active, next_time(settings.spec.noise_schedule, state.t, masked.sum(-1), u), state.t)
     return FirstHittingState(z, t, state.nfe + 1, rng)
 
   return step

@@ -29,11 +29,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from tokjax.masking import lowest
-from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
-from tokjax.schedules import MaskingSchedule
 
 
 # The user's settings, `config.sampler.maskgit`; their defaults are `sample`'s.
@@ -60,15 +59,12 @@ class MaskGITState:
 class MaskGITSettings(NamedTuple):
   """Static settings of one `sample` call (see `sample` for meanings)."""
 
+  spec: SamplingSpec
   seq_len: int
   num_steps: int
-  schedule: MaskingSchedule
-  mask_id: int
   temperature: float
   choice_temperature: float
   precision: str
-  time_conditioning: bool
-  forbidden_ids: tuple[int, ...]
 
 
 def sample(
@@ -77,15 +73,12 @@ def sample(
     prompt: jax.Array,
     rng: jax.Array,
     *,
+    spec: SamplingSpec,
     seq_len: int,
-    schedule: MaskingSchedule,
-    mask_id: int,
     num_steps: int = 16,
     temperature: float = 1.0,
     choice_temperature: float = 4.5,
     precision: str = "float32",
-    time_conditioning: bool = False,
-    forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[MaskGITState], None] | None = None,
 ) -> SampleOutput:
@@ -99,13 +92,11 @@ def sample(
     rng: PRNG key.
     seq_len: output length, <= fns.max_seq_len.
     num_steps: K >= 1 network calls.
-    schedule: the objective's masking schedule; gamma(r) = 1 - alpha_{1 - r}.
-    mask_id: the MASK id.
+    spec: the objective's `SamplingSpec` (MASK id, forbidden ids, whether the
+      network reads t = 1 - k / K); its noise_schedule gives gamma(r) = 1 - alpha_{1 - r}.
     temperature, precision: of the token draws, see `categorical.sample_categorical`.
     choice_temperature: scale of the Gumbel noise on confidences at step 0
       (4.5 in the MaskGIT reference); it decays linearly to 0.
-    time_conditioning: pass time t = 1 - k / K (float32[batch]) to `fns.forward`.
-    forbidden_ids: more ids the model never emits (e.g. PAD).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `MaskGITState` after every step.
 
@@ -113,20 +104,19 @@ def sample(
     SampleOutput: tokens int32[batch, seq_len] without mask_id, and nfe = K.
 
   Raises:
-    ValueError: bad shapes or lengths, num_steps < 1, ids outside the vocabulary,
+    ValueError: bad shapes or lengths, num_steps < 1, a spec without a mask
+      schedule, ids outside the vocabulary,
       on_step without debug, or a bad sampling setting.
   """
   prompt = jnp.asarray(prompt, jnp.int32)
-  validate(fns, prompt, seq_len=seq_len, num_steps=num_steps, schedule=schedule)
-  settings = MaskGITSettings(seq_len, num_steps, schedule, mask_id, temperature,
-                             choice_temperature, precision, time_conditioning,
-                             tuple(forbidden_ids))
+  validate(fns, prompt, seq_len=seq_len, spec=spec, num_steps=num_steps)
+  settings = MaskGITSettings(spec, seq_len, num_steps, temperature, choice_temperature, precision)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
 def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
-  z = masked_canvas(prompt, settings.seq_len, settings.mask_id)
-  masked = (z == settings.mask_id).sum(-1, dtype=jnp.int32)
+  z = masked_canvas(prompt, settings.seq_len, settings.spec.mask_id)
+  masked = (z == settings.spec.mask_id).sum(-1, dtype=jnp.int32)
   state = MaskGITState(z, masked, jnp.int32(0), rng)
 
   def cond(s):
@@ -143,7 +133,7 @@ def num_still_masked(settings: MaskGITSettings, step, num_masked_at_start, num_m
   commits at least one token, and 0 after the last step.
   """
   r = (step + 1).astype(jnp.float32) / settings.num_steps
-  gamma = 1.0 - settings.schedule.alpha(1.0 - r)
+  gamma = 1.0 - settings.spec.noise_schedule.alpha(1.0 - r)
   # + 1e-3: a count that is an integer in exact arithmetic (e.g. 2/3 of 18) must
   # not drop by one to float32 rounding; far below 1 / seq_len for any real length.
   target = jnp.floor(gamma * num_masked_at_start + 1e-3).astype(jnp.int32)
@@ -157,14 +147,14 @@ def make_step(fns: ModelFns, settings: MaskGITSettings, params) -> Callable[[Mas
   def step(state: MaskGITState) -> MaskGITState:
     rng, draw_key, gumbel_key = jax.random.split(state.rng, 3)
     t = 1.0 - state.step.astype(jnp.float32) / settings.num_steps
-    logits = denoiser_logits(fns, settings, params, state.z, t)
+    logits = denoiser_logits(fns, settings.spec, params, state.z, t)
     draw = sample_categorical(draw_key, logits, temperature=settings.temperature,
                               precision=settings.precision)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / max(settings.temperature, 1e-6))
     log_p = jnp.take_along_axis(log_p, draw[..., None], axis=-1)[..., 0]
     tau = settings.choice_temperature * (1.0 - (state.step + 1).astype(jnp.float32) / settings.num_steps)
     confidence = log_p + tau * jax.random.gumbel(gumbel_key, log_p.shape)
-    masked = state.z == settings.mask_id
+    masked = state.z == settings.spec.mask_id
     confidence = jnp.where(masked, confidence, jnp.inf)
     keep_masked = num_still_masked(settings, state.step, state.num_masked_at_start,
                                    masked.sum(-1, dtype=jnp.int32))

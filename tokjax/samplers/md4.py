@@ -6,7 +6,7 @@ al. 2024): the reverse transition q(z_s | z_t, x) with x ~ p_theta(. | z_t).
 Time runs from t = 1 (all MASK) to 0 on the grid t_i = i / num_steps. In the
 step from t to s = t - 1 / num_steps every still-masked position draws a token
 from p_theta(. | z_t) (MASK excluded) and keeps it with probability
-`schedule.unmask_probability(s, t)` = (alpha_s - alpha_t) / (1 - alpha_t);
+`noise_schedule.unmask_probability(s, t)` = (alpha_s - alpha_t) / (1 - alpha_t);
 unmasked positions never change. The last step keeps every draw, so the output
 has no MASK left (at s = 0 that probability is 1 up to rounding anyway).
 
@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
 from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
-from tokjax.schedules import MaskingSchedule
 
 
 # The user's settings, `config.sampler.md4`; their defaults are `sample`'s.
@@ -61,16 +60,13 @@ class MD4State:
 class MD4Settings(NamedTuple):
   """Static settings of one `sample` call (see `sample` for meanings)."""
 
+  spec: SamplingSpec
   seq_len: int
   num_steps: int
-  schedule: MaskingSchedule
-  mask_id: int
   temperature: float
   top_k: int
   top_p: float
   precision: str
-  time_conditioning: bool
-  forbidden_ids: tuple[int, ...]
   cached: bool
 
 
@@ -80,16 +76,13 @@ def sample(
     prompt: jax.Array,
     rng: jax.Array,
     *,
+    spec: SamplingSpec,
     seq_len: int,
-    schedule: MaskingSchedule,
-    mask_id: int,
     num_steps: int = 256,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     precision: str = "float32",
-    time_conditioning: bool = False,
-    forbidden_ids: tuple[int, ...] = (),
     cached: bool = False,
     debug: bool = False,
     on_step: Callable[[MD4State], None] | None = None,
@@ -104,12 +97,11 @@ def sample(
     rng: PRNG key.
     seq_len: output length, <= fns.max_seq_len.
     num_steps: T >= 1 steps on the grid t_i = i / T.
-    schedule: the masking schedule alpha(t) the model was trained with.
-    mask_id: id of the MASK token; its logit is set to -inf before drawing.
+    spec: the objective's `SamplingSpec`: the MASK id, the ids that never
+      occur in text (drawn with probability 0, as in the loss), the masking
+      schedule alpha_t the model was trained with, and whether the network
+      reads t (then passed as time=float32[batch]).
     temperature, top_k, top_p, precision: see `categorical.sample_categorical`.
-    time_conditioning: pass time=t (float32[batch]) to `fns.forward`.
-    forbidden_ids: more ids that never occur in text (e.g. PAD), also drawn
-      with probability 0, as the objective's loss does.
     cached: reuse the logits when no token changed (module docstring).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `MD4State` after every step.
@@ -119,17 +111,16 @@ def sample(
     (outside the prompt), and nfe, the network calls made (T uncached).
 
   Raises:
-    ValueError: bad shapes or lengths, num_steps < 1, mask_id outside the
-      model's vocabulary, cached with time_conditioning, on_step without debug,
-      or a bad sampling setting.
+    ValueError: bad shapes or lengths, num_steps < 1, a spec without a mask
+      schedule, ids outside the model's vocabulary, cached with
+      time_conditioning, on_step without debug, or a bad sampling setting.
   """
   prompt = jnp.asarray(prompt, jnp.int32)
-  validate(fns, prompt, seq_len=seq_len, num_steps=num_steps, schedule=schedule)
-  if cached and time_conditioning:
+  validate(fns, prompt, seq_len=seq_len, spec=spec, num_steps=num_steps)
+  if cached and spec.time_conditioning:
     raise ValueError("cached=True reuses logits across times: it needs a network that ignores "
                      "t (time_conditioning=False).")
-  settings = MD4Settings(seq_len, num_steps, schedule, mask_id, temperature, top_k, top_p,
-                         precision, time_conditioning, tuple(forbidden_ids), cached)
+  settings = MD4Settings(spec, seq_len, num_steps, temperature, top_k, top_p, precision, cached)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
@@ -145,10 +136,10 @@ def _generate(fns, settings, params, prompt, rng, *, debug=False, on_step=None):
 
 def init_state(fns, settings: MD4Settings, params, prompt: jax.Array, rng: jax.Array) -> MD4State:
   """The prompt followed by MASK up to seq_len, at t = 1 (stale logits in cached mode)."""
-  z = masked_canvas(prompt, settings.seq_len, settings.mask_id)
+  z = masked_canvas(prompt, settings.seq_len, settings.spec.mask_id)
   if not settings.cached:
     return MD4State(z, jnp.int32(0), rng, jnp.int32(0))
-  shape = jax.eval_shape(lambda: denoiser_logits(fns, settings, params, z, 1.0))
+  shape = jax.eval_shape(lambda: denoiser_logits(fns, settings.spec, params, z, 1.0))
   return MD4State(z, jnp.int32(0), rng, jnp.int32(0), jnp.zeros(shape.shape, shape.dtype),
                   jnp.bool_(True))
 
@@ -167,8 +158,9 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
         top_p=settings.top_p, precision=settings.precision,
     )
     keep = jax.random.uniform(unmask_key, state.z.shape, jnp.float32)
-    keep = (keep < settings.schedule.unmask_probability(s, t)) | (state.step == num_steps - 1)
-    unmask = (state.z == settings.mask_id) & keep
+    unmask_p = settings.spec.noise_schedule.unmask_probability(s, t)
+    keep = (keep < unmask_p) | (state.step == num_steps - 1)
+    unmask = (state.z == settings.spec.mask_id) & keep
     z = jnp.where(unmask, draw, state.z)
     new = MD4State(z, state.step + 1, rng, state.nfe + calls)
     if settings.cached:
@@ -181,7 +173,7 @@ def make_step(fns: ModelFns, settings: MD4Settings, params) -> Callable[[MD4Stat
 def _logits(fns, settings, params, state: MD4State, t):
   """The denoiser's logits at z_t, and int32[] network calls made (0 when reused)."""
   if not settings.cached:
-    return denoiser_logits(fns, settings, params, state.z, t), jnp.int32(1)
-  logits = jax.lax.cond(state.stale, lambda: denoiser_logits(fns, settings, params, state.z, t),
+    return denoiser_logits(fns, settings.spec, params, state.z, t), jnp.int32(1)
+  logits = jax.lax.cond(state.stale, lambda: denoiser_logits(fns, settings.spec, params, state.z, t),
                         lambda: state.logits)
   return logits, state.stale.astype(jnp.int32)
