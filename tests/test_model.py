@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from tokjax.models import Transformer, TransformerConfig
-from tokjax.models.attention import apply_rope, attention_mask
+from tokjax.models.attention import apply_rope, attention_mask, rope_tables
 
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv"}
 
@@ -96,16 +96,16 @@ def test_rope_scores_depend_only_on_relative_position():
   q, k = jax.random.normal(jax.random.key(5), (2, 1, 6, 2, 8))
   positions = jnp.arange(6, dtype=jnp.int32)[None]
 
+  def rope(shift):
+    return rope_tables(positions + shift, 8, 10000.0)
+
   def scores(shift):
-    rq, rk = apply_rope(q, positions + shift, 10000.0), apply_rope(k, positions + shift, 10000.0)
-    return jnp.einsum("bqhd,bkhd->bhqk", rq, rk)
+    return jnp.einsum("bqhd,bkhd->bhqk", apply_rope(q, rope(shift)), apply_rope(k, rope(shift)))
 
   np.testing.assert_allclose(scores(0), scores(37), atol=1e-4)
   np.testing.assert_allclose(
-      jnp.linalg.norm(apply_rope(q, positions + 3, 10000.0), axis=-1),
-      jnp.linalg.norm(q, axis=-1), rtol=1e-5,
-  )
-  assert not np.allclose(apply_rope(q, positions, 10000.0), q)
+      jnp.linalg.norm(apply_rope(q, rope(3)), axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+  assert not np.allclose(apply_rope(q, rope(0)), q)
 
 
 def test_time_conditioning_changes_logits():

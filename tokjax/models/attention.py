@@ -5,34 +5,55 @@ Masks are boolean, True where a query may attend to a key, shaped
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tokjax.models.layers import fan_in_init, param
+from tokjax.models.layers import dense, fan_in_init, param
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
+# Kernels for softmax(q k^T / sqrt(d)) v: 'matmul' is ours (heads-major batched
+# matmuls, the fastest on CPU); the others are `jax.nn.dot_product_attention`'s
+# implementations ('cudnn' is its fused flash attention on NVIDIA GPUs, 'xla'
+# its portable one). 'auto' picks 'matmul' on CPU and lets JAX choose elsewhere.
+ATTENTION_IMPLS = ("auto", "matmul", "xla", "cudnn")
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021, "RoFormer: Enhanced Transformer
-  with Rotary Position Embedding").
+def rope_tables(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+  """cos and sin of the rotary angles (Su et al. 2021, "RoFormer: Enhanced
+  Transformer with Rotary Position Embedding", Eq. 34), computed once per
+  forward pass for every layer.
 
-  Rotates the pairs (x[..., i], x[..., i + kv/2]) by the angle
-  position * base^(-2i / kv) (the GPT-NeoX "rotate half" layout).
+  The angle of pair i at position p is p * base^(-2i / head_dim).
 
   Args:
-    x: float[batch, seq_len, heads, kv] queries or keys; kv must be even.
     positions: int32[batch, seq_len] absolute positions.
+    head_dim: kv, even.
     base: wavelength base, 10000 in the paper.
 
   Returns:
-    float[batch, seq_len, heads, kv], dtype of x; angles are float32.
+    (cos, sin), each float32[batch, seq_len, 1, head_dim / 2].
   """
-  half = x.shape[-1] // 2
+  half = head_dim // 2
   inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Rotates the pairs (x[..., i], x[..., i + kv/2]) by the angles of `rope_tables`
+  (the GPT-NeoX "rotate half" layout).
+
+  Args:
+    x: float[batch, seq_len, heads, kv] queries or keys.
+    rope: (cos, sin) from `rope_tables`, float32[batch, seq_len, 1, kv / 2].
+
+  Returns:
+    float[batch, seq_len, heads, kv], dtype of x; the rotation runs in float32.
+  """
+  cos, sin = rope
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)
@@ -82,10 +103,40 @@ def cache_mask(positions: jax.Array, cache_len: int, prefix_len: jax.Array | Non
   return visible | (slots[None, :] < jnp.asarray(prefix_len, jnp.int32)[:, None])[:, None, None, :]
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                          implementation: str = "auto") -> jax.Array:
+  """softmax(q k^T / sqrt(kv) + log mask) v ("Attention Is All You Need", Eq. 1).
+
+  Args:
+    q: float[batch, q_len, heads, kv].
+    k, v: float[batch, kv_len, heads, kv].
+    mask: bool[batch or 1, 1, q_len, kv_len], True = visible.
+    implementation: one of ATTENTION_IMPLS (see there).
+
+  Returns:
+    float[batch, q_len, heads, kv] in the dtype of q; scores and softmax are float32.
+
+  Raises:
+    ValueError: an unknown implementation.
+  """
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"Unknown attention implementation {implementation!r}; use one of "
+                     f"{ATTENTION_IMPLS}.")
+  if implementation == "auto":
+    implementation = "matmul" if jax.default_backend() == "cpu" else None
+  if implementation != "matmul":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
 class Attention(nnx.Module):
   """Multi-head attention; q/k/v kernels are [embed, heads, kv]."""
 
-  def __init__(self, d_model: int, num_heads: int, rope_base: float, *, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs,
+               implementation: str = "auto"):
     head_dim = d_model // num_heads
     shape, axes = (d_model, num_heads, head_dim), ("embed", "heads", "kv")
     self.wq = param(rngs, fan_in_init(0, (1, 2)), shape, axes)
@@ -94,19 +145,17 @@ class Attention(nnx.Module):
     self.wo = param(
         rngs, fan_in_init((0, 1), 2), (num_heads, head_dim, d_model), ("heads", "kv", "embed")
     )
-    self.rope_base = rope_base
+    self.implementation = implementation
 
-  def qkv(self, x: jax.Array, positions: jax.Array):
-    """Projects x: float[batch, seq_len, embed] to RoPE'd q, k and plain v.
+  def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]):
+    """Projects x: float[batch, seq_len, embed] to RoPE'd q, k and plain v
+    (`rope` from `rope_tables`).
 
     Returns three float[batch, seq_len, heads, kv] arrays in the dtype of x.
     """
-    def project(w):
-      return jnp.einsum("bld,dhk->blhk", x, w[...].astype(x.dtype))
-
-    q = apply_rope(project(self.wq), positions, self.rope_base)
-    k = apply_rope(project(self.wk), positions, self.rope_base)
-    return q, k, project(self.wv)
+    q = apply_rope(dense(x, self.wq[...]), rope)
+    k = apply_rope(dense(x, self.wk[...]), rope)
+    return q, k, dense(x, self.wv[...])
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Scaled dot-product attention (Vaswani et al. 2017, Eq. 1) + output projection.
@@ -119,5 +168,5 @@ class Attention(nnx.Module):
     Returns:
       float[batch, q_len, embed] in the dtype of q; softmax runs in float32.
     """
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return jnp.einsum("blhk,hkd->bld", out, self.wo[...].astype(q.dtype))
+    out = dot_product_attention(q, k, v, mask, self.implementation)
+    return dense(out, self.wo[...], num_contract=2)

@@ -27,6 +27,21 @@ def fan_in_init(in_axis, out_axis):
   )
 
 
+def dense(x: jax.Array, w: jax.Array, num_contract: int = 1, **dot_kwargs) -> jax.Array:
+  """Contracts the last `num_contract` axes of x with the first ones of w, as one 2-D matmul.
+
+  float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]],
+  with w cast to the dtype of x. Flattening to [prod(lead), K] @ [K, N] keeps
+  the backward pass two plain matmuls: on XLA:CPU the weight gradient of the
+  equivalent 3-D einsum (a contraction over batch and length) runs about 2x
+  slower. `dot_kwargs` go to `jnp.matmul` (e.g. preferred_element_type).
+  """
+  lead = x.shape[: x.ndim - num_contract]
+  k = math.prod(w.shape[:num_contract])
+  y = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1).astype(x.dtype), **dot_kwargs)
+  return y.reshape(*lead, *w.shape[num_contract:])
+
+
 class RMSNorm(nnx.Module):
   """Root-mean-square layer norm with a learned scale (Zhang & Sennrich 2019).
 
@@ -58,9 +73,8 @@ class Mlp(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[batch, seq_len, embed] -> same shape and dtype."""
-    h = jnp.einsum("bld,df->blf", x, self.w_in[...].astype(x.dtype))
-    h = jax.nn.gelu(h, approximate=True)
-    return jnp.einsum("blf,fd->bld", h, self.w_out[...].astype(x.dtype))
+    h = jax.nn.gelu(dense(x, self.w_in[...]), approximate=True)
+    return dense(h, self.w_out[...])
 
 
 def sinusoidal_embedding(time: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

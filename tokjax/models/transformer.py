@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tokjax.models.attention import attention_mask
+from tokjax.models.attention import ATTENTION_IMPLS, attention_mask, rope_tables
 from tokjax.models.block import Block
-from tokjax.models.layers import RMSNorm, TimeEmbedding, fan_in_init, param
+from tokjax.models.layers import RMSNorm, TimeEmbedding, dense, fan_in_init, param
 
 DTYPES = ("float32", "bfloat16")
 
@@ -38,6 +38,8 @@ class TransformerConfig:
     time_conditioning: whether `__call__` takes a diffusion time t in [0, 1].
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
     rope_base: RoPE wavelength base.
+    attention_impl: the attention kernel, one of `attention.ATTENTION_IMPLS`
+      ('auto': ours on CPU, JAX's choice, e.g. cuDNN flash attention, on GPU).
 
   Raises:
     ValueError: on an inconsistent setting, naming the fix.
@@ -52,6 +54,7 @@ class TransformerConfig:
   time_conditioning: bool = False
   dtype: str = "float32"
   rope_base: float = 10000.0
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len"):
@@ -67,6 +70,9 @@ class TransformerConfig:
           f"head_dim = d_model / num_heads = {self.head_dim} must be even for RoPE; "
           "change d_model or num_heads."
       )
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; use one of "
+                       f"{ATTENTION_IMPLS}.")
     if self.dtype not in DTYPES:
       raise ValueError(f"Unknown dtype {self.dtype!r}; use one of {DTYPES}.")
 
@@ -134,9 +140,10 @@ class Transformer(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
     mask = attention_mask(attention, seq_len, prefix_len)
+    rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
     x = self._embed(tokens, time)
     for block in self.blocks:
-      x = block(x, positions, mask)
+      x = block(x, rope, mask)
     return x
 
   def init_cache(self, batch_size: int, max_len: int) -> dict[str, tuple[jax.Array, ...]]:
@@ -169,9 +176,10 @@ class Transformer(nnx.Module):
     if q_len > cache["k"][0].shape[1]:
       raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'][0].shape[1]}.")
     x = self._embed(tokens, None)
+    rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
     new_k, new_v = [], []
     for block, cache_k, cache_v in zip(self.blocks, cache["k"], cache["v"]):
-      x, cache_k, cache_v = block.decode(x, positions, cache_k, cache_v, prefix_len)
+      x, cache_k, cache_v = block.decode(x, positions, rope, cache_k, cache_v, prefix_len)
       new_k.append(cache_k)
       new_v.append(cache_v)
     return self.logits_from_hidden(x), {"k": tuple(new_k), "v": tuple(new_v)}
@@ -210,8 +218,7 @@ class Transformer(nnx.Module):
   def logits_from_hidden(self, x) -> jax.Array:
     """float[batch, seq_len, embed] block output -> float32[batch, seq_len, vocab] logits."""
     x = self.final_norm(x)
-    head = self.head[...].astype(x.dtype)
-    return jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)
+    return dense(x, self.head[...], preferred_element_type=jnp.float32)
 
 
 def init_cache(config: TransformerConfig, batch_size: int,
