@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tokjax.models.layers import dense, fan_in_init, param
+from tokjax.models.layers import dense, fan_in_init, mixed_einsum, param
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 # Kernels for softmax(q k^T / sqrt(d)) v: 'matmul' is ours (heads-major batched
@@ -144,9 +144,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 def _softmax_attention(q, k, v, mask):
   """The attention of `dot_product_attention` as two heads-major batched matmuls."""
   scale = 1.0 / math.sqrt(q.shape[-1])
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  scores = mixed_einsum("bqhd,bkhd->bhqk", q, k) * scale
   probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return mixed_einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).astype(v.dtype)
 
 
 def _causal_blocks(q, k, v, mask, min_block: int = 32, max_blocks: int = 8):

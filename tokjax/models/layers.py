@@ -6,6 +6,7 @@ names to mesh axes. Activations run in the compute dtype chosen by the caller.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -27,19 +28,52 @@ def fan_in_init(in_axis, out_axis):
   )
 
 
-def dense(x: jax.Array, w: jax.Array, num_contract: int = 1, **dot_kwargs) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def mixed_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """einsum(spec, x, w) of two operands in one compute dtype, accumulated and
+  returned in float32, with the backward matmuls also in the compute dtype.
+
+  For spec 'X,W->Y' the gradients are einsum('Y,W->X', g, w) and
+  einsum('X,Y->W', x, g) (every index of X must occur in Y or W, as in a
+  matmul), with the float32 cotangent g cast to the compute dtype first. That
+  is mixed precision as autocast does it: JAX's own rule would run both
+  backward matmuls in float32 (it converts the operands to the result type),
+  and on XLA:CPU a bfloat16 matmul runs natively only with a float32 result.
+  """
+  return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+def _mixed_einsum_fwd(spec, x, w):
+  return mixed_einsum(spec, x, w), (x, w)
+
+
+def _mixed_einsum_bwd(spec, residuals, g):
+  x, w = residuals
+  (x_axes, w_axes), y_axes = spec.replace(" ", "").split("->")[0].split(","), spec.split("->")[1]
+  g = g.astype(x.dtype)
+  dx = jnp.einsum(f"{y_axes},{w_axes}->{x_axes}", g, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum(f"{x_axes},{y_axes}->{w_axes}", x, g, preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def dense(x: jax.Array, w: jax.Array, num_contract: int = 1,
+          out_dtype: jnp.dtype | None = None) -> jax.Array:
   """Contracts the last `num_contract` axes of x with the first ones of w, as one 2-D matmul.
 
-  float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]],
-  with w cast to the dtype of x. Flattening to [prod(lead), K] @ [K, N] keeps
-  the backward pass two plain matmuls: on XLA:CPU the weight gradient of the
-  equivalent 3-D einsum (a contraction over batch and length) runs about 2x
-  slower. `dot_kwargs` go to `jnp.matmul` (e.g. preferred_element_type).
+  float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]].
+  w is cast to the dtype of x and the product is a `mixed_einsum` (float32
+  accumulation, backward in the compute dtype), returned in `out_dtype`
+  (default: the dtype of x). Flattening to [prod(lead), K] @ [K, N] keeps the
+  backward pass two plain matmuls: on XLA:CPU the weight gradient of the
+  equivalent 3-D einsum (a contraction over batch and length) runs ~2x slower.
   """
   lead = x.shape[: x.ndim - num_contract]
   k = math.prod(w.shape[:num_contract])
-  y = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1).astype(x.dtype), **dot_kwargs)
-  return y.reshape(*lead, *w.shape[num_contract:])
+  y = mixed_einsum("mk,kn->mn", x.reshape(-1, k), w.reshape(k, -1).astype(x.dtype))
+  return y.astype(out_dtype or x.dtype).reshape(*lead, *w.shape[num_contract:])
 
 
 class RMSNorm(nnx.Module):
