@@ -1,11 +1,16 @@
 """Mesh construction and logical-axis sharding rules.
 
-Parameters name logical axes ('vocab', 'embed', 'mlp', 'heads', 'kv'); the
-config's `logical_axis_rules` maps each to a mesh axis (or None, replicated).
-Mesh axis names live only here and in configs, never in model code.
+Parameters name logical axes ('vocab', 'embed', 'mlp', 'heads', 'kv');
+activations name their own ('batch', 'activation_length', 'activation_embed',
+'activation_heads', 'activation_kv', 'activation_mlp', 'activation_vocab', as
+MaxText does), through `constrain`. The config's `logical_axis_rules` maps
+each name to a mesh axis (or None: replicated; an unlisted name is
+replicated). Mesh axis names live only here and in configs, never in model code.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -22,7 +27,9 @@ MESH_PRESETS = {
     "dp": dict(shape=(-1, 1, 1), rules=(_BATCH,)),
     # ZeRO-3 style: parameters sharded over 'fsdp' along the model width.
     "fsdp": dict(shape=(1, -1, 1), rules=(_BATCH, ("embed", "fsdp"))),
-    # FSDP plus Megatron-style tensor parallelism over heads and MLP width.
+    # FSDP plus Megatron-style tensor parallelism over heads and MLP width:
+    # the attention heads, the MLP hidden units and the logits' vocabulary are
+    # split over 'tensor' in the activations too.
     "fsdp_tp": dict(
         shape=(1, -1, 2),
         rules=(
@@ -31,6 +38,9 @@ MESH_PRESETS = {
             ("heads", "tensor"),
             ("mlp", "tensor"),
             ("vocab", "tensor"),
+            ("activation_heads", "tensor"),
+            ("activation_mlp", "tensor"),
+            ("activation_vocab", "tensor"),
         ),
     ),
 }
@@ -135,6 +145,34 @@ def axes_size(mesh, axes) -> int:
 def batch_sharding(mesh, rules) -> NamedSharding:
   """Sharding of an int32[batch, seq_len] batch: batch over the data axes."""
   return NamedSharding(mesh, _mesh_spec(P("batch", None), dict(rules)))
+
+
+_ACTIVATION_RULES = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules):
+  """While tracing under this context, `constrain` pins activations on `mesh`
+  by `rules` (the config's logical_axis_rules). Enter it inside the function
+  that `jax.jit` traces, e.g. the train step."""
+  token = _ACTIVATION_RULES.set((mesh, dict(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+  """`jax.lax.with_sharding_constraint` by logical axis names, one per axis of x.
+
+  Under `activation_sharding` the names map to mesh axes by its rules; outside
+  one (a model called eagerly, or a sampler), x is returned unchanged.
+  """
+  context = _ACTIVATION_RULES.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _mesh_spec(P(*logical_axes), rules)))
 
 
 def fsdp_report(abstract_state, shardings) -> float:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokjax.models.layers import dense, fan_in_init, mixed_einsum, param
+from tokjax.sharding import constrain
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 # Kernels for softmax(q k^T / sqrt(d)) v: 'matmul' is ours (heads-major batched
@@ -19,6 +20,8 @@ ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 # implementations ('cudnn' is its fused flash attention on NVIDIA GPUs, 'xla'
 # its portable one). 'auto' picks 'matmul' on CPU and lets JAX choose elsewhere.
 ATTENTION_IMPLS = ("auto", "matmul", "xla", "cudnn")
+# Logical axes of q, k, v and the attention output, float[batch, length, heads, kv].
+HEADS_AXES = ("batch", "activation_length", "activation_heads", "activation_kv")
 
 
 def rope_tables(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
@@ -187,9 +190,10 @@ class Attention(nnx.Module):
 
     Returns three float[batch, seq_len, heads, kv] arrays in the dtype of x.
     """
-    q = apply_rope(dense(x, self.wq[...]), rope)
-    k = apply_rope(dense(x, self.wk[...]), rope)
-    return q, k, dense(x, self.wv[...])
+    def project(w):
+      return constrain(dense(x, w[...]), HEADS_AXES)
+
+    return apply_rope(project(self.wq), rope), apply_rope(project(self.wk), rope), project(self.wv)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
              is_causal: bool = False) -> jax.Array:
@@ -204,5 +208,6 @@ class Attention(nnx.Module):
     Returns:
       float[batch, q_len, embed] in the dtype of q; softmax runs in float32.
     """
-    out = dot_product_attention(q, k, v, mask, self.implementation, is_causal)
+    out = constrain(dot_product_attention(q, k, v, mask, self.implementation, is_causal),
+                    HEADS_AXES)
     return dense(out, self.wo[...], num_contract=2)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokjax.sharding import constrain
+
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str]) -> nnx.Param:
   """A float32 `nnx.Param` of `shape` whose dimensions are named `axes`."""
@@ -107,7 +109,8 @@ class Mlp(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[batch, seq_len, embed] -> same shape and dtype."""
-    h = jax.nn.gelu(dense(x, self.w_in[...]), approximate=True)
+    h = dense(x, self.w_in[...])
+    h = jax.nn.gelu(constrain(h, ("batch", "activation_length", "activation_mlp")), approximate=True)
     return dense(h, self.w_out[...])
 
 
