@@ -20,30 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.config import load_config_file
+from tokjax.device_peak import best_time, matmul_peak
 from tokjax.experiment import Experiment
 from tokjax.metrics import flops_per_token
 from tokjax.samplers import autoregressive, model_fns
 from tokjax.trainer import make_train_step
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "shakespeare.py")
-
-
-def _best_time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def matmul_peak(dtype=jnp.float32, n: int = 2048) -> float:
-  """FLOP/s of an n x n x n matmul (f32 accumulation), best of several runs."""
-  a = jnp.ones((n, n), dtype)
-  b = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-  return 2 * n**3 / _best_time(lambda: f(a, b), 10)
 
 
 def copy_bandwidth(num_bytes: int = 256 << 20) -> float:
@@ -58,7 +41,7 @@ def copy_bandwidth(num_bytes: int = 256 << 20) -> float:
     x[0] = f(x[0])
     return x[0]
 
-  return num_bytes / _best_time(step, 10)
+  return num_bytes / best_time(step, 10)
 
 
 def train_throughput(size: str, dtype: str, steps: int):
@@ -99,7 +82,7 @@ def decode_throughput(exp, params, batch: int, new_tokens: int) -> float:
         eos_id=-1, pad_id=exp.tokenizer.pad_id, temperature=1.0, precision="float32",
     )
 
-  return batch * new_tokens / _best_time(run, 3)
+  return batch * new_tokens / best_time(run, 3)
 
 
 def main():
