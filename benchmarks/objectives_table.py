@@ -49,8 +49,7 @@ def run(objective: str, args) -> dict:
     rates = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r]
   samples_path = os.path.join(workdir, "samples.json")
   sample = json.load(open(samples_path))["samples"][0] if os.path.exists(samples_path) else ""
-  steady = rates[1:] or rates  # The first interval includes compilation.
-  row = dict(report, wall_s=wall, tokens_per_s=sum(steady) / len(steady), sample=sample)
+  row = dict(report, wall_s=wall, tokens_per_s=sum(rates) / len(rates), sample=sample)
   with open(row_path, "w") as f:
     json.dump(row, f)
   return row

@@ -22,7 +22,7 @@ import numpy as np
 from tokjax.config import load_config_file
 from tokjax.device_peak import best_time, matmul_peak
 from tokjax.experiment import Experiment
-from tokjax.metrics import flops_per_token
+from tokjax.metrics import model_flops_per_token
 from tokjax.samplers import autoregressive, model_fns
 from tokjax.trainer import make_train_step
 
@@ -66,9 +66,7 @@ def train_throughput(size: str, dtype: str, steps: int):
   tokens_per_s = steps * config.batch_size * config.seq_len / (time.perf_counter() - start)
   params = state["params"]
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  embed = params["embed"].get_value().size
-  m = config.model
-  flops = flops_per_token(num_params - embed, m.num_layers, m.d_model, config.seq_len)
+  flops = model_flops_per_token(config, params)
   return exp, params, num_params, tokens_per_s, flops
 
 

@@ -1,14 +1,23 @@
-"""Test setup: 8 fake CPU devices and the persistent compilation cache.
+"""Test setup: 8 fake CPU devices, the persistent compilation cache, the peak cache.
 
 The XLA flag must be set before jax is imported anywhere, which is why it lives
 here at module import time.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# MFU's CPU peak (tokjax.device_peak): a small matmul, cached in a temporary
+# file that the CLI tests' subprocesses share, never in ~/.cache.
+_peaks = tempfile.mkdtemp(prefix="tokjax-test-peaks-")
+atexit.register(shutil.rmtree, _peaks, True)
+os.environ["TOKJAX_PEAK_CACHE"] = os.path.join(_peaks, "device_peaks.json")
+os.environ["TOKJAX_PEAK_MATMUL_N"] = "256"
 
 import jax  # noqa: E402
 

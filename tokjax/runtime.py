@@ -2,9 +2,27 @@
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 from absl import logging
+
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+  """When this process started, as a time.time() stamp (10 ms resolution).
+
+  From /proc/self/stat on Linux (so it counts the interpreter's own start and
+  every import); elsewhere, when this module was imported.
+  """
+  try:
+    with open("/proc/self/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # Field 22: starttime.
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+  except (OSError, ValueError, IndexError, AttributeError):
+    return _IMPORTED_AT
 
 
 def initialize() -> None:

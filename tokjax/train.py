@@ -19,7 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.initialize()
-  trainer.train(flags.FLAGS.config, flags.FLAGS.workdir)
+  trainer.train(flags.FLAGS.config, flags.FLAGS.workdir, started_at=runtime.process_start_time())
 
 
 if __name__ == "__main__":

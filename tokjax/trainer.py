@@ -5,7 +5,8 @@
 3. Init: `jax.jit(init, out_shardings=...)`, so no host holds the full model
 4. Step: `jax.jit` with in/out shardings and the state donated
 5. Restore: the latest checkpoint, data iterator included
-6. Loop: step, log one step late, eval, checkpoint; then final eval and samples
+6. Loop: step, log one step late (with tokens/s and MFU), eval, checkpoint;
+   then final eval and samples. Start-up ends when the first step has run.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from tokjax import evaluation, generation
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
 from tokjax.data import load_split, to_global, train_iterator
 from tokjax.experiment import Experiment
-from tokjax.metrics import MetricWriter, StepLogger, progress_bar
+from tokjax.device_peak import peak_flops
+from tokjax.metrics import (MetricWriter, StartupClock, StepLogger, model_flops_per_token,
+                            progress_bar)
 
 
 def make_train_step(exp: Experiment):
@@ -54,15 +57,23 @@ def make_train_step(exp: Experiment):
   )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the final validation report. Writes WORKDIR/metrics.jsonl,
   WORKDIR/tensorboard, WORKDIR/checkpoints and WORKDIR/samples.json.
+  `started_at` (a time.time() stamp; default: now) starts the start-up clock:
+  the first step's line in metrics.jsonl has `startup_s` and its phases.
   """
+  clock = StartupClock(started_at)
   # Phase 1: mesh, model, objective and shardings.
   exp = Experiment.create(config)
   config_dict = config.to_dict()
+  clock.lap("experiment")
+  # MFU's numerator and denominator; only process 0 writes metrics.
+  flops = model_flops_per_token(config, exp.abstract_state["params"])
+  peak, peak_source = (None, "") if jax.process_index() else peak_flops(config.model.dtype)
+  clock.lap("peak")
 
   # Phase 2: data.
   train_tokens = load_split(config.data, "train", exp.tokenizer)
@@ -72,6 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
   )
+  clock.lap("data")
 
   # Phases 3-5: restore the latest checkpoint, or initialise.
   ckpt = Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
@@ -81,24 +93,36 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(exp)
   eval_step = evaluation.make_eval_step(exp)
   start = int(state["step"])
+  clock.lap("state")
 
   # Phase 6: the loop.
   bar = progress_bar(config.num_train_steps, start, config.progress_bar)
-  log = StepLogger(MetricWriter(workdir), bar, config.batch_size * config.seq_len, start)
+  log = StepLogger(MetricWriter(workdir), bar, tokens_per_step=config.batch_size * config.seq_len,
+                   flops_per_token=flops, peak_flops=peak)
   for step in range(start, config.num_train_steps):
-    batch = to_global(next(data_iter), exp.batch_sharding)
-    state, metrics = train_step(state, batch)
+    with log.host():
+      batch = to_global(next(data_iter), exp.batch_sharding)
+      state, metrics = train_step(state, batch)
     log.flush()  # The previous step's metrics, while this step runs.
     done = step + 1
     bar.update(1)
+    if step == start:  # Start-up ends when the first step has run; speed is measured after it.
+      jax.block_until_ready(metrics)
+      clock.lap("first_step")
+      log.record(done, dict(clock.scalars(), model_flops_per_token=flops, peak_flops=peak,
+                            peak_source=peak_source))
+      log.start_intervals(done)
     if done % config.log_every_steps == 0 or done == config.num_train_steps:
       log.record_train(done, metrics)
     if done % config.eval_every_steps == 0 and done < config.num_train_steps:
-      log.record(done, _eval_scalars(evaluation.evaluate(
-          exp, eval_step, state["params"], valid_tokens, max_batches=config.eval_steps,
-          split="validation", seed=config.seed)))
+      with log.paused(metrics):
+        log.record(done, _eval_scalars(evaluation.evaluate(
+            exp, eval_step, state["params"], valid_tokens, max_batches=config.eval_steps,
+            split="validation", seed=config.seed)))
     if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
-      ckpt.save(done, state, data_iter, config_dict)
+      with log.paused(metrics):
+        ckpt.save(done, state, data_iter, config_dict)
+  log.flush()  # The last interval's speed, before the final evaluation.
   bar.close()
   ckpt.wait()
 
