@@ -1,4 +1,7 @@
-"""Backbone tests: KV-cache equivalence, attention masks, partition specs, errors."""
+"""Backbone tests: KV-cache equivalence, attention masks, partition specs, scanned
+layers, rematerialisation, dtypes, errors."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +9,15 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from tokjax import sharding
+from tokjax.config import base_config
+from tokjax.data import ByteTokenizer
 from tokjax.models import Transformer, TransformerConfig
 from tokjax.models.attention import apply_rope, attention_mask, rope_tables
+from tokjax.models.block import LAYERS, REMAT_POLICIES
+from tokjax.objectives.electra import Electra
+from tokjax.objectives.multi_token import MultiToken
+from tokjax.samplers import autoregressive, model_fns
 
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv"}
 
@@ -25,8 +35,23 @@ def random_tokens(seed, shape, vocab=32):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
 
 
-def test_decode_prefill_and_steps_match_causal_forward():
-  graphdef, params = split_model(tiny_config())
+def stack_blocks(params, scanned_params, num_layers):
+  """The unscanned `params` in the layout of `scanned_params`: block i's
+  parameters become slice i of the stacked ones."""
+  flat = dict(nnx.to_flat_state(params))
+
+  def value(path):
+    if path[0] != "blocks":
+      return flat[path].get_value()
+    return jnp.stack([flat[("blocks", i, *path[1:])].get_value() for i in range(num_layers)])
+
+  return nnx.from_flat_state(
+      [(path, var.replace(value(path))) for path, var in nnx.to_flat_state(scanned_params)])
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_decode_prefill_and_steps_match_causal_forward(scan_layers):
+  graphdef, params = split_model(tiny_config(scan_layers=scan_layers))
   tokens = random_tokens(1, (3, 9))
   prompt_len = 6
 
@@ -141,9 +166,10 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(logits16, logits32, atol=0.15, rtol=0.05)
 
 
-@pytest.mark.parametrize("time_conditioning", [False, True])
-def test_every_param_has_logical_partition_spec(time_conditioning):
-  config = tiny_config(time_conditioning=time_conditioning)
+@pytest.mark.parametrize("time_conditioning,scan_layers", [(False, False), (True, False),
+                                                            (True, True)])
+def test_every_param_has_logical_partition_spec(time_conditioning, scan_layers):
+  config = tiny_config(time_conditioning=time_conditioning, scan_layers=scan_layers)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   state = nnx.state(abstract, nnx.Param)
   specs = nnx.get_partition_spec(state)
@@ -154,11 +180,23 @@ def test_every_param_has_logical_partition_spec(time_conditioning):
     spec = flat_specs[path].get_value()
     assert isinstance(spec, PartitionSpec), path
     assert len(spec) == variable.get_value().ndim, (path, spec)
-    assert set(spec) <= LOGICAL_AXES, (path, spec)
+    assert set(spec) <= LOGICAL_AXES | {LAYERS}, (path, spec)
+    assert (spec[0] == LAYERS) == (scan_layers and path[0] == "blocks"), (path, spec)
   assert flat_specs[("embed",)].get_value() == PartitionSpec("vocab", "embed")
   assert flat_specs[("head",)].get_value() == PartitionSpec("embed", "vocab")
-  wq = flat_specs[("blocks", 0, "attn", "wq")].get_value()
-  assert wq == PartitionSpec("embed", "heads", "kv")
+  if not scan_layers:
+    wq = flat_specs[("blocks", 0, "attn", "wq")].get_value()
+    assert wq == PartitionSpec("embed", "heads", "kv")
+    return
+  assert flat_specs[("blocks", "attn", "wq")].get_value() == PartitionSpec(
+      LAYERS, "embed", "heads", "kv")
+  assert shapes[("blocks", "attn", "wq")].get_value().shape == (2, 32, 4, 8)
+  # The rules name no mesh axis for 'layers': stacked parameters are replicated
+  # along it and sharded as usual along the others.
+  mesh = sharding.make_mesh((1, -1, 1))
+  shardings = sharding.state_shardings(state, mesh, sharding.preset("fsdp")["rules"])
+  assert shardings["blocks"]["attn"]["wq"].get_value().spec == PartitionSpec(
+      None, "fsdp", None, None)
 
 
 def test_bad_inputs_raise_naming_the_fix():
@@ -179,6 +217,120 @@ def test_bad_inputs_raise_naming_the_fix():
     tiny_config(d_model=30, num_heads=4)
   with pytest.raises(ValueError, match="dtype"):
     tiny_config(dtype="float16")
+  with pytest.raises(ValueError, match="param_dtype"):
+    tiny_config(param_dtype="float16")
+  with pytest.raises(ValueError, match="dots_saveable"):
+    tiny_config(remat="dots")
   timed = Transformer(tiny_config(time_conditioning=True), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="time_conditioning"):
     timed(jnp.zeros((1, 4), jnp.int32), attention="bidirectional")
+
+
+def test_scanned_layers_match_unscanned_with_the_same_weights():
+  """Stacking an unscanned model's block parameters gives the scanned model the
+  same logits (every attention mode, time conditioning) and the same greedy
+  AR samples, with and without the stacked KV cache."""
+  config = tiny_config(num_layers=3, time_conditioning=True)
+  scanned_config = dataclasses.replace(config, scan_layers=True)
+  graphdef, params = split_model(config)
+  scanned_graphdef, scanned_params = split_model(scanned_config, seed=1)
+  scanned_params = stack_blocks(params, scanned_params, config.num_layers)
+  tokens = random_tokens(6, (2, 12))
+  kwargs = dict(time=jnp.array([0.3, 0.8]), prefix_len=jnp.array([4, 9], jnp.int32),
+                attention="prefix")
+
+  @jax.jit
+  def forward(params, scanned_params):
+    return (nnx.merge(graphdef, params)(tokens, **kwargs),
+            nnx.merge(scanned_graphdef, scanned_params)(tokens, **kwargs))
+
+  want, got = forward(params, scanned_params)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+  config, scanned_config = (dataclasses.replace(c, time_conditioning=False)
+                            for c in (config, scanned_config))
+  graphdef, params = split_model(config)
+  scanned_graphdef, scanned_params = split_model(scanned_config)
+  scanned_params = stack_blocks(params, scanned_params, config.num_layers)
+  prompt = random_tokens(7, (3, 4))
+  ar = dict(max_new_tokens=10, eos_id=31, pad_id=0, temperature=0.0)
+  want = autoregressive.sample(model_fns(graphdef, config), params, prompt, jax.random.key(0),
+                               **ar).tokens
+  scanned_fns = model_fns(scanned_graphdef, scanned_config)
+  assert scanned_fns.init_cache(3, 14)["k"].shape == (3, 3, 14, 4, 8)
+  for use_kv_cache in (True, False):
+    got = autoregressive.sample(scanned_fns, scanned_params, prompt, jax.random.key(0),
+                                use_kv_cache=use_kv_cache, **ar).tokens
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_remat_policies_keep_loss_and_gradients(scan_layers):
+  tokens = random_tokens(8, (2, 10))
+
+  def loss_and_grads(remat):
+    graphdef, params = split_model(tiny_config(scan_layers=scan_layers, remat=remat))
+
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  want_loss, want_grads = loss_and_grads("none")
+  for remat in REMAT_POLICIES:
+    got_loss, got_grads = loss_and_grads(remat)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6, err_msg=remat)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5,
+                                                        err_msg=remat), got_grads, want_grads)
+
+
+def test_bfloat16_params_hold_the_model_and_its_optimizer_state():
+  graphdef, params = split_model(tiny_config(param_dtype="bfloat16", scan_layers=True))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  logits = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))(params, random_tokens(9, (2, 8)))
+  assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+  config = base_config()
+  config.model.update(num_layers=2, d_model=32, num_heads=2, d_ff=64, param_dtype="bfloat16")
+  config.mesh.shape = (1,)
+  from tokjax.experiment import Experiment  # Imported here: it pulls in the data pipeline.
+  state = Experiment.create(config).abstract_state
+  assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.bfloat16)}
+  moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim]
+  assert moments and {x.dtype for x in moments} == {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("objective", ["electra", "multi_token"])
+def test_models_wrapping_the_backbone_train_with_scanned_layers(objective):
+  """ElectraModel (a shared, projected embedding) and MultiTokenModel (the
+  trunk's `hidden`) build and differentiate on scanned, rematerialised,
+  bfloat16-parameter backbones; the multi-token extra heads follow param_dtype."""
+  tok = ByteTokenizer()
+  obj = (Electra(pad_id=tok.pad_id, num_bytes=256, mask_id=tok.mask_id, mask_ratio=0.3)
+         if objective == "electra" else
+         MultiToken(pad_id=tok.pad_id, num_bytes=256, num_predict=2, head_weights=(1.0, 0.5)))
+  config = TransformerConfig(vocab_size=tok.vocab_size, num_layers=2, d_model=32, num_heads=2,
+                             d_ff=64, max_seq_len=16, scan_layers=True, remat="full",
+                             param_dtype="bfloat16")
+  graphdef, params = nnx.split(obj.build_model(config, nnx.Rngs(0)))
+  if objective == "multi_token":
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  tokens = random_tokens(10, (4, 16), vocab=200)
+
+  @jax.jit
+  def loss_and_grads(params):
+    return jax.value_and_grad(
+        lambda p: obj.loss(nnx.merge(graphdef, p), tokens, jax.random.key(0))[0])(params)
+
+  loss, grads = loss_and_grads(params)
+  assert np.isfinite(loss)
+  assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+
+
+def test_model_config_section_is_every_user_setting_with_its_default():
+  section = base_config().model.to_dict()
+  fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  assert section == {k: v for k, v in fields.items()
+                     if k not in ("vocab_size", "max_seq_len", "time_conditioning")}
+  assert TransformerConfig(vocab_size=8, **section) == TransformerConfig(vocab_size=8)

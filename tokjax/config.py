@@ -14,6 +14,7 @@ import ml_collections
 
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
+from tokjax.models import TransformerConfig
 from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
 from tokjax.schedules import get_schedule
@@ -42,7 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = "causal"
   for name, cls in REGISTRY.items():
     c[name] = ml_collections.ConfigDict(cls.config_section())
-  c.model = dict(num_layers=6, d_model=256, num_heads=4, d_ff=1024, dtype="float32")
+  # The backbone's settings, with TransformerConfig's defaults (the run sets
+  # vocab_size, max_seq_len and time_conditioning).
+  c.model = TransformerConfig.config_section()
   c.data = default_data_config()
   c.seq_len = 256
   c.batch_size = 16  # Global, across all hosts.

@@ -1,6 +1,28 @@
-"""One pre-norm transformer block (Xiong et al. 2020), full-sequence and KV-cache paths.
+"""Pre-norm transformer blocks (Xiong et al. 2020): one block, and the stack of them.
 
   x = x + Attention(RMSNorm(x));  x = x + Mlp(RMSNorm(x))
+
+The stack is either a Python list of blocks (one traced copy per layer) or,
+with `TransformerConfig.scan_layers`, one `Block` whose every parameter has a
+leading [layers] axis, run by `nnx.scan` so that XLA compiles one block body
+however deep the model ("scan over layers", as in Flax's lifted `scan` and
+T5X / MaxText). The stacked axis is named 'layers' in the parameters' logical
+partition specs (`nnx.vmap`'s transform_metadata at creation); `tokjax.sharding`
+maps a name its rules lack to no mesh axis (replicated), so each layer's slice
+keeps its usual sharding.
+
+The run-time transforms (`nnx.scan`, `nnx.remat`) use NNX's tree mode
+(graph=False), which treats a block as a pytree: the samplers merge the model
+inside a `jax.lax.while_loop` body from parameters closed over from outside,
+and graph mode refuses to extract Variables created at another trace level.
+Tree mode ignores transform_metadata, so inside the scan body a layer's
+variables keep 'layers' in their names; nothing there reads them.
+
+Either stack can be rematerialised per block ("gradient checkpointing": Chen et
+al. 2016, "Training Deep Nets with Sublinear Memory Cost"; JAX docs, "Gradient
+checkpointing with jax.checkpoint"): the backward pass recomputes a block's
+activations from its input instead of keeping them, except those the policy
+saves.
 """
 from __future__ import annotations
 
@@ -15,6 +37,23 @@ from tokjax.models.layers import Mlp, RMSNorm
 
 if TYPE_CHECKING:
   from tokjax.models.transformer import TransformerConfig
+
+LAYERS = "layers"  # Logical name of the stacked-layer axis (scan_layers).
+_LAYER_METADATA = {nnx.PARTITION_NAME: LAYERS}
+
+# `TransformerConfig.remat` -> the `jax.checkpoint_policies` policy it names.
+# 'none' runs no jax.checkpoint at all; 'full' saves only each block's input
+# (the policy `nothing_saveable`). 'dots_saveable' also keeps every matmul
+# output (the attention scores included) and recomputes only the elementwise
+# work; 'dots_with_no_batch_dims_saveable' keeps the projections' and MLP's
+# 2-D matmuls but recomputes attention (its einsums have batch dimensions).
+REMAT_POLICIES = {
+    "none": None,
+    "full": "nothing_saveable",
+    "nothing_saveable": "nothing_saveable",
+    "dots_saveable": "dots_saveable",
+    "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
+}
 
 
 class Block(nnx.Module):
@@ -35,24 +74,111 @@ class Block(nnx.Module):
     return x + self.mlp(self.mlp_norm(x))
 
   def decode(self, x: jax.Array, positions: jax.Array, rope: tuple[jax.Array, jax.Array],
-             cache_k: jax.Array, cache_v: jax.Array, prefix_len: jax.Array | None = None):
+             cache_k: jax.Array, cache_v: jax.Array, prefix_len: jax.Array | None = None,
+             layer: jax.Array | None = None):
     """Block step that writes the new keys/values into this layer's KV cache.
 
     Args:
       x: float[batch, q_len, embed] hidden states of the new tokens.
       positions: int32[batch, q_len], contiguous, same start in every row.
       rope: `rope_tables(positions, ...)`.
-      cache_k, cache_v: float[batch, cache_len, heads, kv]; slot == position.
+      cache_k, cache_v: float[batch, cache_len, heads, kv], this layer's cache;
+        or, with `layer`, float[layers, batch, cache_len, heads, kv], every
+        layer's. Slot == position.
       prefix_len: int32[batch] slots every query sees (see `cache_mask`), or None.
+      layer: int32[] this block's index into a stacked cache, or None.
 
     Returns:
-      (x, cache_k, cache_v) with x float[batch, q_len, embed].
+      (x, cache_k, cache_v) with x float[batch, q_len, embed] and the caches
+      as given, the new tokens' slots written.
     """
     q, k, v = self.attn.qkv(self.attn_norm(x), rope)
-    zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
-    start = (zero, positions[0, 0].astype(jnp.int32), zero, zero)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-    mask = cache_mask(positions, cache_k.shape[1], prefix_len)
-    x = x + self.attn.attend(q, cache_k, cache_v, mask)
+    cache_k, cache_v = _write(cache_k, k, positions, layer), _write(cache_v, v, positions, layer)
+    keys, values = (cache_k, cache_v) if layer is None else (
+        jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False),
+        jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False))
+    mask = cache_mask(positions, keys.shape[1], prefix_len)
+    x = x + self.attn.attend(q, keys, values, mask)
     return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
+
+
+def _write(cache: jax.Array, new: jax.Array, positions: jax.Array, layer: jax.Array | None):
+  """`cache` with `new` float[batch, q_len, heads, kv] written from slot
+  positions[0, 0] on (in layer `layer` of a stacked cache), in place."""
+  zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
+  start = (zero, positions[0, 0].astype(jnp.int32), zero, zero)
+  if layer is not None:
+    new, start = new[None], (jnp.asarray(layer, jnp.int32), *start)
+  return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start)
+
+
+def make_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.List | Block:
+  """config.num_layers blocks: an `nnx.List`, or with config.scan_layers one
+  `Block` whose parameters are stacked, float[layers, *shape], their logical
+  axes (LAYERS, *axes) (`nnx.vmap`'s transform_metadata)."""
+  if not config.scan_layers:
+    return nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+
+  @nnx.split_rngs(splits=config.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=_LAYER_METADATA)
+  def stacked(rngs):
+    return Block(config, rngs=rngs)
+
+  return stacked(rngs)
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint_policies` member that `TransformerConfig.remat` names
+  (any name but 'none')."""
+  return getattr(jax.checkpoint_policies, REMAT_POLICIES[name])
+
+
+def run_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, jax.Array],
+               mask: jax.Array, config: TransformerConfig) -> jax.Array:
+  """Applies the stack from `make_blocks` to x: float[batch, seq_len, embed] -> same.
+
+  Each block is wrapped in `nnx.remat` with `config.remat`'s policy unless it
+  is 'none'; with config.scan_layers the blocks run in one `nnx.scan`.
+  """
+
+  def block_fn(block, x, rope, mask):
+    return block(x, rope, mask)
+
+  if config.remat != "none":
+    # In a scan the loop itself keeps XLA from merging the recomputation back
+    # into the forward pass, so CSE may stay on there (jax.checkpoint's docs).
+    block_fn = nnx.remat(block_fn, policy=remat_policy(config.remat), graph=False,
+                         prevent_cse=not config.scan_layers)
+  if not config.scan_layers:
+    for block in blocks:
+      x = block_fn(block, x, rope, mask)
+    return x
+  scan = nnx.scan(block_fn, in_axes=(0, nnx.Carry, None, None), out_axes=nnx.Carry, graph=False)
+  return scan(blocks, x, rope, mask)
+
+
+def decode_blocks(blocks: nnx.List | Block, x: jax.Array, positions: jax.Array,
+                  rope: tuple[jax.Array, jax.Array], cache: dict, prefix_len: jax.Array | None,
+                  config: TransformerConfig) -> tuple[jax.Array, dict]:
+  """`Block.decode` through the stack: x float[batch, q_len, embed] -> (x, cache).
+
+  `cache` is `transformer.init_cache`'s: one array per layer, written in
+  place; or, with config.scan_layers, stacked [layers, ...] arrays, carried
+  through the scan and written in place at each block's layer.
+  """
+  if not config.scan_layers:
+    new_k, new_v = [], []
+    for block, cache_k, cache_v in zip(blocks, cache["k"], cache["v"]):
+      x, cache_k, cache_v = block.decode(x, positions, rope, cache_k, cache_v, prefix_len)
+      new_k.append(cache_k)
+      new_v.append(cache_v)
+    return x, {"k": tuple(new_k), "v": tuple(new_v)}
+
+  def block_fn(carry, block, layer):
+    x, cache_k, cache_v = carry
+    return block.decode(x, positions, rope, cache_k, cache_v, prefix_len, layer)
+
+  scan = nnx.scan(block_fn, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry, graph=False)
+  x, cache_k, cache_v = scan((x, cache["k"], cache["v"]), blocks,
+                             jnp.arange(config.num_layers, dtype=jnp.int32))
+  return x, {"k": cache_k, "v": cache_v}

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokjax.models.layers import Mlp, RMSNorm
-from tokjax.models.transformer import Transformer, TransformerConfig
+from tokjax.models.transformer import Transformer, TransformerConfig, cast_params
 
 
 class ExtraHead(nnx.Module):
@@ -76,6 +76,7 @@ class MultiTokenModel(nnx.Module):
     self.config = config
     self.trunk = Transformer(config, rngs=rngs)
     self.extra_heads = nnx.List([ExtraHead(config, rngs=rngs) for _ in range(num_heads - 1)])
+    cast_params(self.extra_heads, config.param_dtype)
 
   @property
   def num_heads(self) -> int:
@@ -110,7 +111,7 @@ class MultiTokenModel(nnx.Module):
     unembed = self.trunk.head[...]
     return jnp.stack([head(hidden, unembed) for head in self.extra_heads])
 
-  def init_cache(self, batch_size: int, max_len: int) -> dict[str, tuple[jax.Array, ...]]:
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
     """The trunk's empty KV cache; see `Transformer.init_cache`."""
     return self.trunk.init_cache(batch_size, max_len)
 

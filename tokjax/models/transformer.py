@@ -6,7 +6,10 @@ diffusion-time input change. Layout per block (pre-norm, Xiong et al. 2020):
   x = x + Attention(RMSNorm(x));  x = x + Mlp(RMSNorm(x))
 
 followed by a final RMSNorm and an untied output head. No dropout. Parameters
-are float32; activations run in `config.dtype`; logits are float32.
+are stored in `config.param_dtype` (float32 by default; with bfloat16 the
+optimizer state follows them), activations run in `config.dtype`, logits are
+float32. The blocks are a list, or with `config.scan_layers` one stacked
+block run by `nnx.scan` (see `block.py`, which also rematerialises them).
 """
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ import numpy as np
 from flax import nnx
 
 from tokjax.models.attention import ATTENTION_IMPLS, attention_mask, rope_tables
-from tokjax.models.block import Block
+from tokjax.models.block import REMAT_POLICIES, decode_blocks, make_blocks, run_blocks
 from tokjax.models.layers import RMSNorm, TimeEmbedding, dense, fan_in_init, param
 
 DTYPES = ("float32", "bfloat16")
+# Fields the experiment derives (from the tokenizer, seq_len and the
+# objective) rather than the user's `config.model` section.
+FROM_EXPERIMENT = ("vocab_size", "max_seq_len", "time_conditioning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +42,18 @@ class TransformerConfig:
     d_ff: hidden width of the MLP and of the time-embedding MLP.
     max_seq_len: longest sequence (and KV cache) the model accepts.
     time_conditioning: whether `__call__` takes a diffusion time t in [0, 1].
-    dtype: compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
+    dtype: compute (activation) dtype, 'float32' or 'bfloat16'.
+    param_dtype: parameter dtype, 'float32' or 'bfloat16'; the optimizer
+      state (AdamW moments) takes the parameters' dtype.
     rope_base: RoPE wavelength base.
     attention_impl: the attention kernel, one of `attention.ATTENTION_IMPLS`
       ('auto': ours on CPU, JAX's choice, e.g. cuDNN flash attention, on GPU).
+    scan_layers: stack the blocks' parameters along a leading [layers] axis
+      (logical name 'layers') and run them with `nnx.scan`: compile time stays
+      flat in num_layers. The KV cache is then stacked too (`init_cache`).
+    remat: per-block rematerialisation, a key of `block.REMAT_POLICIES`:
+      'none', 'full' (= 'nothing_saveable'), 'dots_saveable' or
+      'dots_with_no_batch_dims_saveable' (`jax.checkpoint_policies`).
 
   Raises:
     ValueError: on an inconsistent setting, naming the fix.
@@ -55,6 +69,15 @@ class TransformerConfig:
   dtype: str = "float32"
   rope_base: float = 10000.0
   attention_impl: str = "auto"
+  param_dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
+
+  @classmethod
+  def config_section(cls) -> dict:
+    """{field: default} of the user's settings, the section `config.model` of
+    `tokjax.config.base_config` (every field but `FROM_EXPERIMENT`)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in FROM_EXPERIMENT}
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len"):
@@ -73,8 +96,12 @@ class TransformerConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; use one of "
                        f"{ATTENTION_IMPLS}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"Unknown dtype {self.dtype!r}; use one of {DTYPES}.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"Unknown {name} {getattr(self, name)!r}; use one of {DTYPES}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat {self.remat!r}; use one of {tuple(REMAT_POLICIES)} "
+                       "(see jax.checkpoint_policies).")
 
   @property
   def head_dim(self) -> int:
@@ -97,11 +124,12 @@ class Transformer(nnx.Module):
     self.time_embed = (
         TimeEmbedding(config.d_model, config.d_ff, rngs=rngs) if config.time_conditioning else None
     )
-    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.blocks = make_blocks(config, rngs)
     self.final_norm = RMSNorm(config.d_model, rngs=rngs)
     self.head = param(
         rngs, fan_in_init(0, 1), (config.d_model, config.vocab_size), ("embed", "vocab")
     )
+    cast_params(self, config.param_dtype)
 
   def __call__(self, tokens, *, attention="causal", prefix_len=None, time=None, positions=None):
     """Full-sequence forward pass.
@@ -141,12 +169,9 @@ class Transformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
     mask = attention_mask(attention, seq_len, prefix_len)
     rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
-    x = self._embed(tokens, time)
-    for block in self.blocks:
-      x = block(x, rope, mask)
-    return x
+    return run_blocks(self.blocks, self._embed(tokens, time), rope, mask, self.config)
 
-  def init_cache(self, batch_size: int, max_len: int) -> dict[str, tuple[jax.Array, ...]]:
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
     """An empty KV cache for `decode`; see the module-level `init_cache`."""
     return init_cache(self.config, batch_size, max_len)
 
@@ -162,6 +187,7 @@ class Transformer(nnx.Module):
       positions: int32[batch, q_len] their positions: contiguous, with the
         same start in every row (only positions[0, 0] picks the cache slots).
       cache: from `init_cache`; slots < positions[:, 0] must hold the prefix.
+        (cache['k'][0] is layer 0's keys in either layout.)
       prefix_len: int32[batch] or None: slots below it are visible to every query.
 
     Returns:
@@ -177,12 +203,8 @@ class Transformer(nnx.Module):
       raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'][0].shape[1]}.")
     x = self._embed(tokens, None)
     rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
-    new_k, new_v = [], []
-    for block, cache_k, cache_v in zip(self.blocks, cache["k"], cache["v"]):
-      x, cache_k, cache_v = block.decode(x, positions, rope, cache_k, cache_v, prefix_len)
-      new_k.append(cache_k)
-      new_v.append(cache_v)
-    return self.logits_from_hidden(x), {"k": tuple(new_k), "v": tuple(new_v)}
+    x, cache = decode_blocks(self.blocks, x, positions, rope, cache, prefix_len, self.config)
+    return self.logits_from_hidden(x), cache
 
   def _check_tokens(self, tokens) -> tuple[int, int]:
     if tokens.ndim != 2:
@@ -218,19 +240,28 @@ class Transformer(nnx.Module):
   def logits_from_hidden(self, x) -> jax.Array:
     """float[batch, seq_len, embed] block output -> float32[batch, seq_len, vocab] logits."""
     x = self.final_norm(x)
-    return dense(x, self.head[...], preferred_element_type=jnp.float32)
+    return dense(x, self.head[...], out_dtype=jnp.float32)
 
 
-def init_cache(config: TransformerConfig, batch_size: int,
-               max_len: int) -> dict[str, tuple[jax.Array, ...]]:
+def cast_params(module: nnx.Module, dtype: str) -> None:
+  """Casts every `nnx.Param` of `module` to `dtype` in place (`layers.param`
+  creates float32 parameters); parameters already in `dtype` are kept."""
+  params = nnx.state(module, nnx.Param)
+  nnx.update(module, jax.tree.map(lambda p: p if p.dtype == dtype else p.astype(dtype), params))
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict:
   """Zero KV cache for `Transformer.decode`.
 
-  One array per layer (not one stacked array) so that XLA updates each in
-  place and attention reads it without slicing a copy out of a stack.
+  Without scan_layers, one array per layer (not one stacked array) so that
+  XLA updates each in place and attention reads it without slicing a copy out
+  of a stack. With scan_layers, one stacked array, the scan's carry: written
+  in place, each layer's slice read once per step.
 
   Returns:
     {'k': (float[batch_size, max_len, heads, kv],) * num_layers, 'v': same},
-    in config.dtype. Slot index == token position.
+    or with scan_layers {'k': float[layers, batch_size, max_len, heads, kv],
+    'v': same}; in config.dtype. Slot index == token position.
 
   Raises:
     ValueError: max_len > config.max_seq_len.
@@ -241,8 +272,7 @@ def init_cache(config: TransformerConfig, batch_size: int,
         "shorten generation or raise TransformerConfig.max_seq_len."
     )
   shape = (batch_size, max_len, config.num_heads, config.head_dim)
-  layers = range(config.num_layers)
-  return {
-      "k": tuple(jnp.zeros(shape, config.dtype) for _ in layers),
-      "v": tuple(jnp.zeros(shape, config.dtype) for _ in layers),
-  }
+  if config.scan_layers:
+    return {name: jnp.zeros((config.num_layers, *shape), config.dtype) for name in ("k", "v")}
+  return {name: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+          for name in ("k", "v")}
