@@ -40,3 +40,22 @@ def test_activations_are_constrained_by_logical_axis_rules(model_and_mesh):
   # After partitioning each device holds 1 of 4 batch rows and half the units.
   compiled = lowered.compile().as_text()
   assert "f32[1,8,16]" in compiled and "f32[1,8,1,8]" in compiled
+
+
+def test_the_train_step_constrains_the_residual_stream_and_logits(tmp_path):
+  """The real train step traces under the run's rules: the residual stream
+  and the logits carry their logical constraints (vocab split over 'tensor')."""
+  from tests.tiny import tiny_config
+  from tokjax.experiment import Experiment
+  from tokjax.trainer import make_train_step
+  config = tiny_config(str(tmp_path), mesh="fsdp_tp")
+  config.mesh.shape = (2, 2, 2)
+  exp = Experiment.create(config)
+  batch = jax.ShapeDtypeStruct((8, 32), jnp.int32, sharding=exp.batch_sharding)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       exp.abstract_state, exp.state_shardings)
+  text = make_train_step(exp).lower(state, batch).as_text()
+  constraints = [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
+  vocab = exp.model_config.vocab_size
+  assert any(f"tensor<8x32x{vocab}xf32>" in c and '{"tensor"}]' in c for c in constraints)
+  assert sum(f"tensor<8x32x{exp.model_config.d_model}x" in c for c in constraints) >= 2

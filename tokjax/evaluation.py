@@ -37,7 +37,8 @@ def make_eval_step(exp):
   """Jitted (params, batch int32[batch, seq_len], rng) -> `likelihood_sums`."""
 
   def step(params, batch, rng):
-    return likelihood_sums(exp.objective, exp.model(params), batch, rng)
+    with exp.activation_sharding():
+      return likelihood_sums(exp.objective, exp.model(params), batch, rng)
 
   params_sharding = exp.state_shardings["params"]
   return jax.jit(step, in_shardings=(params_sharding, exp.batch_sharding, None))

@@ -104,6 +104,11 @@ class Experiment:
     init = _init_fn(self.objective, self.model_config, self.optimizer, self.config.seed)
     return jax.jit(init, out_shardings=self.state_shardings)()
 
+  def activation_sharding(self):
+    """The context a jitted step traces under, so that the model's
+    `sharding.constrain` calls pin activations by the config's logical_axis_rules."""
+    return sharding.activation_sharding(self.mesh, tuple(self.config.logical_axis_rules))
+
   def model(self, params) -> nnx.Module:
     """The objective's model (the backbone, or modules around it) bound to `params`."""
     return nnx.merge(self.graphdef, params)

@@ -40,7 +40,8 @@ def make_train_step(exp: Experiment):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
 
     def loss_fn(params):
-      return objective.loss(exp.model(params), batch, rng)
+      with exp.activation_sharding():
+        return objective.loss(exp.model(params), batch, rng)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = exp.optimizer.update(grads, state["opt_state"], state["params"])

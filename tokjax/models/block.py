@@ -34,11 +34,13 @@ from flax import nnx
 
 from tokjax.models.attention import Attention, cache_mask
 from tokjax.models.layers import Mlp, RMSNorm
+from tokjax.sharding import constrain
 
 if TYPE_CHECKING:
   from tokjax.models.transformer import TransformerConfig
 
 LAYERS = "layers"  # Logical name of the stacked-layer axis (scan_layers).
+EMBED_AXES = ("batch", "activation_length", "activation_embed")  # The residual stream.
 _LAYER_METADATA = {nnx.PARTITION_NAME: LAYERS}
 
 # `TransformerConfig.remat` -> the `jax.checkpoint_policies` policy it names.
@@ -66,12 +68,13 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, rngs=rngs)
     self.mlp = Mlp(config.d_model, config.d_ff, rngs=rngs)
 
-  def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array) -> jax.Array:
-    """x: float[batch, seq_len, embed] -> same; rope from `rope_tables`, mask as
-    in `Attention.attend`."""
+  def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array,
+               is_causal: bool = False) -> jax.Array:
+    """x: float[batch, seq_len, embed] -> same; rope from `rope_tables`, mask and
+    is_causal as in `Attention.attend`."""
     q, k, v = self.attn.qkv(self.attn_norm(x), rope)
-    x = x + self.attn.attend(q, k, v, mask)
-    return x + self.mlp(self.mlp_norm(x))
+    x = x + self.attn.attend(q, k, v, mask, is_causal)
+    return constrain(x + self.mlp(self.mlp_norm(x)), EMBED_AXES)
 
   def decode(self, x: jax.Array, positions: jax.Array, rope: tuple[jax.Array, jax.Array],
              cache_k: jax.Array, cache_v: jax.Array, prefix_len: jax.Array | None = None,
@@ -134,15 +137,16 @@ def remat_policy(name: str):
 
 
 def run_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, jax.Array],
-               mask: jax.Array, config: TransformerConfig) -> jax.Array:
+               mask: jax.Array, config: TransformerConfig, is_causal: bool = False) -> jax.Array:
   """Applies the stack from `make_blocks` to x: float[batch, seq_len, embed] -> same.
 
   Each block is wrapped in `nnx.remat` with `config.remat`'s policy unless it
   is 'none'; with config.scan_layers the blocks run in one `nnx.scan`.
+  is_causal promises that `mask` is the causal mask (`Attention.attend`).
   """
 
   def block_fn(block, x, rope, mask):
-    return block(x, rope, mask)
+    return block(x, rope, mask, is_causal)
 
   if config.remat != "none":
     # In a scan the loop itself keeps XLA from merging the recomputation back

@@ -23,6 +23,7 @@ from flax import nnx
 from tokjax.models.attention import ATTENTION_IMPLS, attention_mask, rope_tables
 from tokjax.models.block import REMAT_POLICIES, decode_blocks, make_blocks, run_blocks
 from tokjax.models.layers import RMSNorm, TimeEmbedding, dense, fan_in_init, param
+from tokjax.sharding import constrain
 
 DTYPES = ("float32", "bfloat16")
 # Fields the experiment derives (from the tokenizer, seq_len and the
@@ -169,7 +170,8 @@ class Transformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
     mask = attention_mask(attention, seq_len, prefix_len)
     rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
-    return run_blocks(self.blocks, self._embed(tokens, time), rope, mask, self.config)
+    return run_blocks(self.blocks, self._embed(tokens, time), rope, mask, self.config,
+                      is_causal=attention == "causal")
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     """An empty KV cache for `decode`; see the module-level `init_cache`."""
@@ -239,8 +241,8 @@ class Transformer(nnx.Module):
 
   def logits_from_hidden(self, x) -> jax.Array:
     """float[batch, seq_len, embed] block output -> float32[batch, seq_len, vocab] logits."""
-    x = self.final_norm(x)
-    return dense(x, self.head[...], out_dtype=jnp.float32)
+    logits = dense(self.final_norm(x), self.head[...], out_dtype=jnp.float32)
+    return constrain(logits, ("batch", "activation_length", "activation_vocab"))
 
 
 def cast_params(module: nnx.Module, dtype: str) -> None:
