@@ -5,32 +5,20 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 import tqdm
 
-
-@contextlib.contextmanager
-def _absent(*modules: str):
-  """`import M` raises ImportError inside the block, for each M not imported yet."""
-  blocked = [m for m in modules if m not in sys.modules]
-  sys.modules.update(dict.fromkeys(blocked, None))
-  try:
-    yield
-  finally:
-    for m in blocked:
-      if sys.modules.get(m, 0) is None:
-        del sys.modules[m]
+from tokjax import modules_absent
 
 
 # tensorboardX probes for torch (to accept its tensors), boto3 and
 # google.cloud.storage (s3:// and gs:// log dirs) when imported: 1.6 s of
 # start-up where they are installed, for features this writer never uses (it
 # writes Python floats to a local directory). Later imports of them still work.
-with _absent("torch", "boto3", "google.cloud.storage"):
+with modules_absent("torch", "boto3", "google.cloud.storage"):
   import tensorboardX
 
 
