@@ -41,6 +41,7 @@ def mixed_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   is mixed precision as autocast does it: JAX's own rule would run both
   backward matmuls in float32 (it converts the operands to the result type),
   and on XLA:CPU a bfloat16 matmul runs natively only with a float32 result.
+  (On CPU the second gradient stays float32; see `_mixed_einsum_bwd`.)
   """
   return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
@@ -52,9 +53,14 @@ def _mixed_einsum_fwd(spec, x, w):
 def _mixed_einsum_bwd(spec, residuals, g):
   x, w = residuals
   (x_axes, w_axes), y_axes = spec.replace(" ", "").split("->")[0].split(","), spec.split("->")[1]
-  g = g.astype(x.dtype)
-  dx = jnp.einsum(f"{y_axes},{w_axes}->{x_axes}", g, w, preferred_element_type=jnp.float32)
-  dw = jnp.einsum(f"{x_axes},{y_axes}->{w_axes}", x, g, preferred_element_type=jnp.float32)
+  dx = jnp.einsum(f"{y_axes},{w_axes}->{x_axes}", g.astype(x.dtype), w,
+                  preferred_element_type=jnp.float32)
+  # The weight gradient contracts the tokens (x's leading axes): XLA:CPU has
+  # no low-precision kernel for that transposed layout with a float32 result,
+  # so there it runs in float32.
+  dw_dtype = jnp.float32 if jax.default_backend() == "cpu" else x.dtype
+  dw = jnp.einsum(f"{x_axes},{y_axes}->{w_axes}", x.astype(dw_dtype), g.astype(dw_dtype),
+                  preferred_element_type=jnp.float32)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
