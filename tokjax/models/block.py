@@ -49,6 +49,9 @@ _LAYER_METADATA = {nnx.PARTITION_NAME: LAYERS}
 # output (the attention scores included) and recomputes only the elementwise
 # work; 'dots_with_no_batch_dims_saveable' keeps the projections' and MLP's
 # 2-D matmuls but recomputes attention (its einsums have batch dimensions).
+# Measured on XLA:CPU (benchmarks/compile_time.py): only scanned layers turn
+# these into less memory; with unrolled layers XLA runs the recomputation
+# during the forward pass, so the step's temp bytes stay those of 'none'.
 REMAT_POLICIES = {
     "none": None,
     "full": "nothing_saveable",
@@ -131,9 +134,24 @@ def make_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.List | Block:
 
 
 def remat_policy(name: str):
-  """The `jax.checkpoint_policies` member that `TransformerConfig.remat` names
-  (any name but 'none')."""
-  return getattr(jax.checkpoint_policies, REMAT_POLICIES[name])
+  """The `jax.checkpoint_policies` policy that `TransformerConfig.remat` names
+  (any name but 'none'), made to see through custom VJPs.
+
+  Every matmul of the model is a `layers.mixed_einsum`: a dot_general behind a
+  custom VJP, which JAX's dot policies, matching the bare dot_general
+  primitive, would never save ('dots_saveable' would act as 'full'). So a
+  custom-VJP call whose body is one equation is judged as that equation.
+  """
+  policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[name])
+
+  def see_through_custom_vjp(prim, *args, **params):
+    if prim.name == "custom_vjp_call":
+      body = params["call_jaxpr"].jaxpr.eqns
+      if len(body) == 1:
+        return policy(body[0].primitive, *args, **body[0].params)
+    return policy(prim, *args, **params)
+
+  return see_through_custom_vjp
 
 
 def run_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, jax.Array],
