@@ -3,18 +3,14 @@
 1. Mesh, model, objective, shardings  (`Experiment.create`)
 2. Data: host-local batches become global arrays
 3. Init: `jax.jit(init, out_shardings=...)`, so no host holds the full model
-4. Step: `jax.jit` with in/out shardings and the state donated, compiled in a
-   thread while the data loads and the state is restored or initialised
+4. Step: `jax.jit` with in/out shardings and the state donated
 5. Restore: the latest checkpoint, data iterator included
 6. Loop: step, log one step late (with tokens/s and MFU), eval, checkpoint;
    then final eval and samples. Start-up ends when the first step has run.
 """
 from __future__ import annotations
 
-import concurrent.futures
-
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -62,25 +58,6 @@ def make_train_step(exp: Experiment):
   )
 
 
-def compile_train_step(exp: Experiment) -> concurrent.futures.Future:
-  """Starts compiling `make_train_step(exp)` in a thread; the Future gives the executable.
-
-  XLA compiles with the GIL released, so this overlaps loading the data and
-  restoring or initialising (and compiling the init of) the state. The loop
-  calls this executable: a jitted step would lower and compile again at its
-  first call. It takes the avals and shardings of `exp.abstract_state` and
-  `exp.batch_sharding`, as the jitted step does.
-  """
-  step = make_train_step(exp)
-  state = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
-  c = exp.config
-  batch = jax.ShapeDtypeStruct((c.batch_size, c.seq_len), jnp.int32, sharding=exp.batch_sharding)
-  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokjax-compile")
-  future = pool.submit(lambda: step.lower(state, batch).compile())
-  pool.shutdown(wait=False)
-  return future
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
@@ -98,7 +75,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   flops = model_flops_per_token(config, exp.abstract_state["params"])
   peak, peak_source = (None, "") if jax.process_index() else peak_flops(config.model.dtype)
   clock.lap("peak")
-  compiling = compile_train_step(exp)  # While the next phases run.
 
   # Phase 2: data.
   train_tokens = load_split(config.data, "train", exp.tokenizer)
@@ -115,11 +91,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
   state, _ = ckpt.restore(abstract, config_dict, data_iter)
   state = state or exp.init_state()
+  train_step = make_train_step(exp)
   eval_step = evaluation.make_eval_step(exp)
   start = int(state["step"])
   clock.lap("state")
-  train_step = compiling.result()
-  clock.lap("compile_wait")
 
   # Phase 6: the loop.
   bar = progress_bar(config.num_train_steps, start, config.progress_bar)
