@@ -43,6 +43,7 @@ from flax import nnx
 
 from tokjax.models import Transformer, TransformerConfig
 from tokjax.models.layers import fan_in_init, param
+from tokjax.models.transformer import cast_params
 from tokjax.objectives.mlm import MLM
 
 
@@ -96,6 +97,7 @@ class ElectraModel(nnx.Module):
     gen_config = generator_config(config, generator_scale)
     self.generator = Transformer(gen_config, rngs=rngs)
     self.generator.embed = SharedEmbedding(self.discriminator.embed, gen_config.d_model, rngs=rngs)
+    cast_params(self.generator.embed, config.param_dtype)  # Created outside a Transformer.
 
   def __call__(self, tokens: jax.Array, **kwargs) -> jax.Array:
     """Generator logits float32[batch, seq_len, vocab]; kwargs as `Transformer.__call__`."""
