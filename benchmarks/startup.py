@@ -11,7 +11,11 @@ final evaluation and a short sample, three ways, each a fresh process:
           checkpoint and runs one more step.
 Each reads `startup_s` (process start to the first step's completion) and its
 phases from the run's metrics.jsonl, where tokjax.trainer logs them with the
-first step, and times the whole command (which also evaluates and samples).
+first step: launch (interpreter, imports, flags), experiment, peak (the MFU
+denominator), data, state (restore, or init and its compile) and first_step
+(the step's compile or cache load, and its run); compile(all) is the time JAX
+spent tracing, lowering and compiling in them. The command's wall time also
+covers the final evaluation and sampling.
 An untimed first run prepares the data and measures the CPU peak (both cached
 for later runs on this machine), so no timed run does either.
 """
@@ -30,7 +34,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OVERRIDES = ["--config.final_eval_steps=1", "--config.sampler.num_samples=1",
              "--config.sampler.ar.max_new_tokens=8", "--config.sampler.md4.num_steps=8",
              "--config.sampler.maskgit.num_steps=4", "--config.progress_bar=False"]
-PHASES = ("launch", "experiment", "peak", "data", "state", "compile_wait", "first_step")
+PHASES = ("launch", "experiment", "peak", "data", "state", "first_step")
 
 
 def run(variant: str, workdir: str, cache: str, steps: int) -> dict:

@@ -5,7 +5,8 @@ up by `jax.devices()[0].device_kind`, times the number of devices. CPU: measured
 in process, an n x n x n matmul in the compute dtype with float32 accumulation,
 best of several runs, once per (CPU model, dtype, jax version, core count, n);
 the result is cached in a JSON file, TOKJAX_PEAK_CACHE (default
-~/.cache/tokjax/device_peaks.json), so later runs read it. TOKJAX_PEAK_MATMUL_N
+~/.cache/tokjax/device_peaks.json), so later runs read it; delete the file to
+measure again (say, if other jobs shared the cores then). TOKJAX_PEAK_MATMUL_N
 sets n (default 2048; the tests use a small one). An accelerator missing from
 the table has no peak: `peak_flops` returns None and logs that once.
 """
