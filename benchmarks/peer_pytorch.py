@@ -28,6 +28,10 @@ that both have exactly the same parameter count and (float32) the same logits
 before training, and prints both losses after warm-up and after the timed
 steps: equal architectures, data and optimizers give matching loss curves.
 
+Each precision runs in its own process with the XLA:CPU flags `tokjax.train`
+chooses for it (`tokjax.runtime.configure_xla_cpu`: Eigen matmuls for float32,
+YNNPACK's for bfloat16), since XLA reads its flags once per process.
+
 Timing: `--warmup` steps each (tokjax compiles here), then `--windows` windows
 of `--steps` steps, alternating tokjax and PyTorch windows so that background
 load hits both alike; each window ends on `jax.block_until_ready` (the PyTorch
@@ -50,6 +54,7 @@ import math
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import jax
@@ -70,6 +75,7 @@ try:  # Run as a script: benchmarks/ is on sys.path.
 except ImportError:  # python -m benchmarks.peer_pytorch from the repository root.
   from benchmarks.train_throughput import CONFIG, matmul_peak
 
+from tokjax import runtime
 from tokjax.config import load_config_file
 from tokjax.experiment import Experiment
 from tokjax.metrics import flops_per_token
@@ -365,21 +371,26 @@ def main():
   for dtype in dtypes:
     if dtype not in ("float32", "bfloat16"):
       raise SystemExit(f"Unknown dtype {dtype!r}; use float32 and/or bfloat16.")
+  if len(dtypes) > 1:  # XLA's flags are per process (runtime.configure_xla_cpu).
+    for dtype in dtypes:
+      subprocess.run([sys.executable, __file__, "--dtypes", dtype, "--sizes", args.sizes,
+                      "--steps", str(args.steps), "--windows", str(args.windows),
+                      "--warmup", str(args.warmup)], check=True)
+    return
+  (dtype,) = dtypes
+  runtime.configure_xla_cpu(dtype)  # As `tokjax.train` does, before jax starts.
 
   threads = len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)
   print(f"CPU: {cpu_model_name()}; {threads} cores; jax {jax.__version__} on {jax.devices()}; "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads")
-  peaks = {}
-  for dtype in ("float32", "bfloat16"):
-    peaks["jax", dtype] = matmul_peak(getattr(jnp, dtype))
-    peaks["torch", dtype] = torch_matmul_peak(getattr(torch, dtype))
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  peaks = {("jax", dtype): matmul_peak(getattr(jnp, dtype)),
+           ("torch", dtype): torch_matmul_peak(getattr(torch, dtype))}
   print("2048^3 matmul peak, GFLOP/s: " + ", ".join(
       f"{fw} {dtype} {peaks[fw, dtype] / 1e9:.0f}" for fw, dtype in peaks))
   for size in args.sizes.split(","):
-    for dtype in dtypes:
-      compare(size, dtype, args, peaks)
-
+    compare(size, dtype, args, peaks)
 
 if __name__ == "__main__":
   main()

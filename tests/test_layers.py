@@ -28,11 +28,11 @@ def test_mixed_einsum_gradients_are_the_einsums(spec, x_shape, w_shape):
 
 
 def test_bfloat16_backward_matmuls_stay_bfloat16():
-  """With bfloat16 operands the forward and the input-gradient dots take
-  bfloat16 inputs (JAX's own rule would upcast the backward to float32; on
-  CPU the weight gradient is float32), accumulate in float32, and the
-  gradients come back in the operands' dtype, close to the float32 ones; the
-  step runs on XLA:CPU (a bfloat16 weight-gradient kernel is missing there)."""
+  """With bfloat16 operands all three dots (forward, input and weight
+  gradients) take bfloat16 inputs (JAX's own rule would upcast the backward
+  to float32), accumulate in float32, and the gradients come back in the
+  operands' dtype, close to the float32 ones; the step runs on XLA:CPU, whose
+  weight-gradient kernel needs the transposed layout `_weight_grad` gives."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 16))
   w = jax.random.normal(jax.random.key(1), (16, 4, 8)) / 4
 
@@ -42,7 +42,7 @@ def test_bfloat16_backward_matmuls_stay_bfloat16():
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).as_text()
   dots = [line for line in hlo.splitlines() if "dot_general" in line and "->" in line]
   low = [d for d in dots if "xbf16>, tensor<" in d and "xbf16>) ->" in d]
-  assert len(dots) == 3 and len(low) == (2 if jax.default_backend() == "cpu" else 3)
+  assert len(dots) == 3 and len(low) == 3
   dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
   fx, fw = jax.grad(lambda x, w: (dense(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
   assert dx.dtype == dw.dtype == jnp.float32  # Cast back to the parameters' dtype.

@@ -18,7 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.initialize()
+  runtime.initialize(compute_dtype=flags.FLAGS.config.model.dtype)
   trainer.train(flags.FLAGS.config, flags.FLAGS.workdir, started_at=runtime.process_start_time())
 
 
