@@ -7,18 +7,33 @@ the model, objective, tokenizer or optimizer shape fails with a clear error.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from tokjax.models.transformer import TransformerConfig
+
+# config.model entries that change how a step runs, not what the state holds:
+# a run resumes, samples or evaluates under other values of these.
+RUNTIME_MODEL_KEYS = ("dtype", "attention_impl", "remat")
 
 
 def signature(config: dict) -> dict:
-  """The config entries that fix the shapes and meaning of the saved state."""
-  keys = ("objective", "model", "seq_len", "batch_size", "data", config["objective"])
-  return {k: config.get(k) for k in keys}
+  """The config entries that fix the shapes and meaning of the saved state.
+
+  config.model enters without RUNTIME_MODEL_KEYS, and a model setting that the
+  config lacks (a checkpoint written before the setting existed) counts as its
+  TransformerConfig default.
+  """
+  keys = ("objective", "seq_len", "batch_size", "data", config["objective"])
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)
+              if f.default is not dataclasses.MISSING}
+  model = {**defaults, **(config.get("model") or {})}
+  return {"model": {k: v for k, v in model.items() if k not in RUNTIME_MODEL_KEYS},
+          **{k: config.get(k) for k in keys}}
 
 
 class Checkpointer:
