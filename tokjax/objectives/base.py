@@ -260,20 +260,16 @@ class Objective:
     """Corrupts `tokens`, runs `model`, returns (nats float32[batch, seq_len], Targets)."""
     corrupt = self.corrupt_eval if evaluation else self.corrupt
     inputs, targets = corrupt(tokens, rng)
-    logits = model(
-        inputs.tokens,
-        attention=self.attention,
-        prefix_len=inputs.prefix_len,
-        time=inputs.time,
-    )
-    return self.token_nats(logits, targets), targets
+    return self.token_nats(self.apply_model(model, inputs), targets), targets
+
+  def apply_model(self, model: Any, inputs: ModelInputs) -> jax.Array:
+    """The model's logits, float32[batch, seq_len, vocab], on `inputs` under this attention."""
+    return model(inputs.tokens, attention=self.attention, prefix_len=inputs.prefix_len,
+                 time=inputs.time)
 
   def loss(self, model: Any, tokens: jax.Array, rng: jax.Array):
     """Training loss: mean nats per scored token (a scalar), and metrics."""
-    nats, targets = self.forward(model, tokens, rng)
-    num_tokens = jnp.maximum(targets.valid.sum(), 1.0)
-    loss = nats.sum() / num_tokens
-    return loss, {"loss": loss, "tokens": targets.valid.sum()}
+    return mean_token_loss(*self.forward(model, tokens, rng))
 
   def likelihood(self, model: Any, tokens: jax.Array, rng: jax.Array):
     """One estimate of each sequence's likelihood figure.
@@ -288,3 +284,11 @@ class Objective:
         "tokens": targets.valid.sum(-1),
         "bytes": is_byte.sum(-1).astype(jnp.float32),
     }
+
+
+def mean_token_loss(nats: jax.Array, targets: Targets):
+  """(loss, metrics) from nats float32[batch, seq_len]: the mean nats per
+  scored token, and the scored-token count as metrics['tokens']."""
+  num_tokens = jnp.maximum(targets.valid.sum(), 1.0)
+  loss = nats.sum() / num_tokens
+  return loss, {"loss": loss, "tokens": targets.valid.sum()}

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets
+from tokjax.objectives.base import ModelInputs, Objective, SamplingSpec, Targets, mean_token_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +50,10 @@ class Mixture(Objective):
             f"Cannot mix {first.name!r} ({first.attention} attention) with {c.name!r} "
             f"({c.attention} attention): mixture components must share an attention mode "
             "and time conditioning.")
-      if type(c).build_model is not Objective.build_model or getattr(c, "composite", False):
-        raise ValueError(f"{c.name!r} trains its own model; it cannot be mixed.")
+      own = [m for m in ("build_model", "forward", "loss")
+             if getattr(type(c), m) is not getattr(Objective, m)]
+      if own or getattr(c, "composite", False):
+        raise ValueError(f"{c.name!r} trains its own model or loss; it cannot be mixed.")
     for field in ("attention", "likelihood_kind", "samplers", "eval_samples"):
       object.__setattr__(self, field, getattr(first, field))
 
@@ -93,12 +95,20 @@ class Mixture(Objective):
     return self.components[0].corrupt(tokens, rng)
 
   def loss(self, model: Any, tokens: jax.Array, rng: jax.Array):
-    """The drawn component's loss; metrics add `objective_index`."""
+    """The drawn component's loss; metrics add `objective_index`.
+
+    Only the corruption and the per-token scoring branch on the draw (each a
+    `lax.switch`); the model runs once between them, so XLA compiles its
+    forward and backward as for a single objective. (A switch around the whole
+    loss made the train step ~13% slower than either component's alone.)
+    """
     pick_rng, rng = jax.random.split(rng)
     index = jax.random.categorical(pick_rng, jnp.log(jnp.asarray(self.weights)))
-    branches = [lambda c=c: c.loss(model, tokens, rng)[0] for c in self.components]
-    loss = jax.lax.switch(index, branches)
-    return loss, {"loss": loss, "objective_index": index}
+    inputs, targets = jax.lax.switch(index, [c.corrupt for c in self.components], tokens, rng)
+    logits = self.apply_model(model, inputs)
+    nats = jax.lax.switch(index, [c.token_nats for c in self.components], logits, targets)
+    loss, metrics = mean_token_loss(nats, targets)
+    return loss, {**metrics, "objective_index": index}
 
   def likelihood(self, model: Any, tokens: jax.Array, rng: jax.Array):
     return self.components[0].likelihood(model, tokens, rng)
