@@ -22,7 +22,7 @@ Twelfth Night, 231 kB:
 MD4's bound sits well above the causal NLL at this tiny compute budget; the
 gap narrows with longer training (MD4 and MDLM papers).
 """
-from tokjax.config import apply_mesh_preset, base_config, parse_variant
+from tokjax.config import apply_size_and_mesh, base_config, parse_variant
 
 SIZES = {
     # The fastest to learn on 2 CPU cores: ~5.4k tokens/s, ~7 minutes of training.
@@ -39,13 +39,7 @@ def get_config(arg: str | None = None):
   variant = parse_variant(arg)
   config = base_config()
   config.objective = variant.pop("objective", "causal")
-  size = variant.pop("size", "quickstart")
-  if size not in SIZES:
-    raise ValueError(f"Unknown size {size!r}; use one of {sorted(SIZES)}.")
-  config.model.update(SIZES[size])
-  apply_mesh_preset(config, variant.pop("mesh", "dp"))
-  if variant:
-    raise ValueError(f"Unknown config variant keys {sorted(variant)}; use objective, mesh, size.")
+  apply_size_and_mesh(config, variant, SIZES, keys="objective, mesh, size")
   config.data.name = "shakespeare"
   # Sized for ~10 minutes end to end on a 2-core CPU (see the docstring).
   config.seq_len = 128

@@ -1,25 +1,31 @@
-"""Tests for tokjax.data: tokenizer, TFDS builders, packing and the grain pipeline."""
+"""Tests for tokjax.data: tokenizers, TFDS builders, packing and the grain pipeline."""
 from __future__ import annotations
 
 import io
 import json
 import pathlib
+import re
 import tarfile
 
 import jax
 import numpy as np
 import pytest
 
+from tokjax.config import load_config_file, validate
 from tokjax.data import (
     ByteTokenizer,
+    PixelTokenizer,
     default_config,
     eval_batches,
     load_split,
     to_global,
     train_iterator,
 )
-from tokjax.data import shakespeare, text_files
+from tokjax.data import fashion_mnist, shakespeare, text_files
 from tokjax.data.pipeline import pack
+from tokjax.objectives import make_tokenizer
+
+import test_fashion_mnist as fake_fm
 
 CORPUS = pathlib.Path(__file__).parent / "fixtures" / "corpus"
 SPLITS = ("train", "validation", "test")
@@ -78,6 +84,130 @@ def test_tokenizer_layout_and_specials():
     tok.decode([262])
   with pytest.raises(ValueError, match="distinct"):
     ByteTokenizer(extra_special_tokens=("<mask>",))
+
+
+def test_pixel_tokenizer_layout_and_exact_round_trip():
+  tok = PixelTokenizer(extra_special_tokens=("<extra_0>",))
+  assert (tok.unit, tok.levels, tok.num_bytes, tok.num_pixels) == ("dim", 256, 256, 784)
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id, tok.vocab_size) == (
+      256, 257, 258, 259, 261)
+  assert ByteTokenizer().unit == "byte" and ByteTokenizer().non_target_ids == ()
+  image = np.arange(784, dtype=np.int64).reshape(28, 28).astype(np.uint8)  # Every value.
+  ids = tok.encode(image, add_bos=True)
+  assert ids.dtype == np.int32 and ids.shape == (785,) and ids[0] == tok.bos_id
+  np.testing.assert_array_equal(ids[1:], image.reshape(-1))  # Raster order, row by row.
+  np.testing.assert_array_equal(tok.decode(ids), image)
+  assert tok.token_bytes(ids) == 784 and tok.encode(image, add_eos=True)[-1] == tok.eos_id
+  # Images are BOS + pixels: EOS never occurs, and a next-token model predicts pixels only.
+  assert set(tok.non_text_ids) == {256, 258, 259, 260}
+  assert tok.non_target_ids == (256, 257, 258, 259, 260)
+
+
+@pytest.mark.parametrize("levels", [2, 8, 10, 16])
+def test_pixel_tokenizer_quantises_to_bin_centres(levels):
+  tok = PixelTokenizer(levels)
+  assert tok.num_bytes == levels and tok.pad_id == levels and tok.vocab_size == levels + 4
+  values = np.arange(256, dtype=np.uint8)
+  image = np.resize(values, 784).reshape(28, 28)
+  ids = tok.encode(image)
+  np.testing.assert_array_equal(ids, image.reshape(-1).astype(np.int32) * levels // 256)
+  decoded = tok.decode(ids)
+  np.testing.assert_array_equal(tok.encode(decoded), ids)  # Each centre lies in its bin.
+  for k in range(levels):
+    members = values[values.astype(int) * levels // 256 == k].astype(int)
+    assert decoded.reshape(-1)[ids == k][0] == (members.min() + members.max()) // 2
+  if levels == 16:
+    assert tok.decode([0, 1, 15])[0, :3].tolist() == [7, 23, 247]
+
+
+def test_pixel_tokenizer_decode_pads_truncates_and_drops_specials():
+  tok = PixelTokenizer(16)
+  short = tok.decode([tok.bos_id, 3, tok.mask_id, 4])
+  assert short.shape == (28, 28) and short.dtype == np.uint8
+  assert short.reshape(-1)[:2].tolist() == [55, 71] and not short.reshape(-1)[2:].any()
+  long = tok.decode(np.full(800, 15))
+  assert long.shape == (28, 28) and (long == 247).all()
+
+
+def test_pixel_tokenizer_errors_name_the_fix():
+  for levels in (1, 257, 2.5, True):
+    with pytest.raises(ValueError, match=r"levels=.* must be an integer in \[2, 256\]"):
+      PixelTokenizer(levels)
+  tok = PixelTokenizer()
+  for image in (np.zeros((28, 28), np.float32), np.zeros((1, 28, 28), np.uint8),
+                np.zeros((28, 27), np.uint8)):
+    with pytest.raises(ValueError, match=r"uint8\[28, 28\]"):
+      tok.encode(image)
+  with pytest.raises(ValueError, match="one sequence"):
+    tok.decode(np.zeros((2, 785), np.int32))
+  with pytest.raises(ValueError, match=r"\[0, 260\)"):
+    tok.decode([260])
+
+
+# Fashion-MNIST as pixel tokens.
+
+
+def fashion_config(tmp_path, monkeypatch):
+  """config.data of fashion_mnist over the fake IDX files of test_fashion_mnist."""
+  monkeypatch.setattr(fashion_mnist.FashionMnist, "NUM_VALIDATION", fake_fm.NUM_VALIDATION)
+  data = fake_fm.fake_data()
+  fake_fm.write_files(fake_fm.cache_dir(tmp_path / "tfds"), data)
+  return data_config(tmp_path, name="fashion_mnist"), data
+
+
+def test_fashion_mnist_windows_are_one_image_each(tmp_path, monkeypatch):
+  config, data = fashion_config(tmp_path, monkeypatch)
+  images = data[fashion_mnist.TRAIN_IMAGES][-fake_fm.NUM_VALIDATION:]
+  tok = PixelTokenizer()
+  stream = load_split(config, "validation", tok)
+  assert stream.dtype == np.int32 and stream.shape == (len(images) * 785,)
+  windows = pack(stream, 785, tok.pad_id)
+  assert windows.shape == (len(images), 785) and (windows[:, 0] == tok.bos_id).all()
+  assert tok.token_bytes(stream) == len(images) * 784
+  for window, image in zip(windows, images):
+    np.testing.assert_array_equal(tok.decode(window), image)
+  tok8 = PixelTokenizer(8)
+  coarse = pack(load_split(config, "validation", tok8), 785, tok8.pad_id)
+  np.testing.assert_array_equal(coarse[:, 1:], windows[:, 1:] // 32)
+  # Evaluation's last batch is filled with rows of this tokenizer's PAD.
+  batches = list(eval_batches(stream, seq_len=785, batch_size=3, pad_id=tok8.pad_id))
+  assert len(batches) == 2 and (batches[1][1:] == tok8.pad_id).all()
+
+
+def test_tokenizer_must_fit_the_dataset(tmp_path, monkeypatch):
+  config, _ = fashion_config(tmp_path, monkeypatch)
+  with pytest.raises(ValueError, match="use a PixelTokenizer .* configs/fashion_mnist.py"):
+    load_split(config, "train", TOK)
+  with pytest.raises(ValueError, match="holds text.* use a ByteTokenizer"):
+    load_split(data_config(tmp_path), "train", PixelTokenizer())
+  with pytest.raises(ValueError, match=r"image_shape=\(28, 28\)"):
+    load_split(config, "train", PixelTokenizer(image_shape=(14, 14)))
+
+
+def fashion_mnist_config(arg: str):
+  return load_config_file(str(pathlib.Path(__file__).parents[1] / "configs" / "fashion_mnist.py"),
+                          arg)
+
+
+def test_fashion_mnist_config_builds_the_pixel_tokenizer():
+  config = fashion_mnist_config("objective=md4,levels=16")
+  validate(config)
+  assert (config.seq_len, config.sampler.ar.max_new_tokens) == (785, 784)
+  tok = make_tokenizer(config)
+  assert isinstance(tok, PixelTokenizer) and tok.levels == 16 and tok.vocab_size == 20
+  assert make_tokenizer(fashion_mnist_config("")).levels == 256
+  assert isinstance(make_tokenizer(load_config_file(
+      str(pathlib.Path(__file__).parents[1] / "configs" / "shakespeare.py"))), ByteTokenizer)
+  config.seq_len = 784
+  with pytest.raises(ValueError, match="set seq_len=785"):
+    validate(config)
+  with pytest.raises(ValueError, match=re.escape("objective=causal|md4, not 'mlm'")):
+    fashion_mnist_config("objective=mlm")
+  with pytest.raises(ValueError, match="levels='16.5' must be an integer"):
+    fashion_mnist_config("levels=16.5")
+  config = fashion_mnist_config("levels=300")
+  with pytest.raises(ValueError, match="pixel_levels"):
+    make_tokenizer(config)
 
 
 # Text files builder.

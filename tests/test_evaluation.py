@@ -50,3 +50,18 @@ def test_one_mc_sample_reports_no_error_bar():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_objective_declares_a_known_kind(name):
   assert REGISTRY[name].likelihood_kind in LIKELIHOOD_KINDS or name == "mixture"
+
+
+def test_pixel_reports_say_bits_per_dim():
+  """unit 'dim' (a PixelTokenizer) repeats bits per byte as bits per dim and prints bits/dim."""
+  obj = _toy_md4(eval_samples=2)
+  totals = dict(nats=100.0, var=4.0, tokens=30.0, bytes=25.0)
+  text = evaluation.report(obj, "validation", totals)
+  assert text["unit"] == "byte" and "bits_per_dim" not in text
+  assert "bits/byte ±" in evaluation.format_report(text)
+  r = evaluation.report(obj, "validation", totals, unit="dim")
+  assert r["bits_per_dim"] == r["bits_per_byte"] == pytest.approx(100 / (25 * math.log(2)))
+  assert r["bits_per_dim_stderr"] == r["bits_per_byte_stderr"] == pytest.approx(
+      2 / (25 * math.log(2)))
+  line = evaluation.format_report(r)
+  assert f"{r['bits_per_dim']:.4f} bits/dim ± " in line and "bits/byte" not in line

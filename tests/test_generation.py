@@ -1,10 +1,14 @@
-"""generation: sharded sampler batches and infilling with a length per hole."""
+"""generation: sharded sampler batches, infilling with a length per hole, image samples."""
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
 
-from tests.tiny import tiny_config
+from tests.tiny import ROOT, tiny_config
 from tokjax import generation
+from tokjax.config import load_config_file
 from tokjax.experiment import Experiment
 
 
@@ -50,3 +54,33 @@ def test_infill_takes_one_length_per_hole(md4_run):
     with pytest.raises(ValueError, match="one per hole"):
       generation.infill(exp, params, "ab__cd__ef", placeholder="__", hole_len=bad,
                         num_samples=2, seed=0)
+
+
+@pytest.mark.parametrize("objective", ["causal", "md4"])
+def test_pixel_runs_sample_whole_images(objective, tmp_path):
+  """From BOS alone, AR appends 784 pixels (never a special) and md4 fills the
+  785-token window; the samples come back as 28x28 images, in the JSON and
+  as a PNG grid beside it."""
+  config = load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"),
+                            f"objective={objective},size=tiny,levels=16")
+  config.sampler.num_samples = 3
+  config.sampler.md4.num_steps = 2
+  exp = Experiment.create(config)
+  params = exp.init_state()["params"]
+  tok = exp.tokenizer
+  rows, record = generation._run(exp, params, np.array([tok.bos_id]), num_samples=3, seed=0)
+  assert rows.shape == (3, 785) and record["length"] == 785 and (rows[:, 0] == tok.bos_id).all()
+  never = tok.non_target_ids if objective == "causal" else tok.non_text_ids
+  assert not np.isin(rows[:, 1:], never).any()
+
+  images = generation.write_samples(exp, params, str(tmp_path), 7, "samples_7.json")
+  assert [(i.shape, i.dtype) for i in images] == [((28, 28), np.uint8)] * 3
+  with open(tmp_path / "samples_7.json") as f:
+    np.testing.assert_array_equal(json.load(f)["samples"], np.stack(images))
+  from matplotlib import image as mpimage
+  png = mpimage.imread(tmp_path / "samples_7.png")
+  assert png.shape[:2] == (4 * 32, 4 * (3 * 30 + 2))  # One row of 3 images, 2-pixel borders, x4.
+  with pytest.raises(ValueError, match="prompt must be empty"):
+    generation.generate(exp, params, prompt="ROMEO:", num_samples=1, seed=0)
+  with pytest.raises(ValueError, match="Infilling takes text"):
+    generation.infill(exp, params, "a__b", placeholder="__", hole_len=2, num_samples=1, seed=0)

@@ -278,6 +278,35 @@ def test_md4_gives_non_text_ids_probability_zero():
   assert allowed.sum() == 256 + 2 and allowed[tok.bos_id] and allowed[tok.eos_id]
 
 
+@pytest.mark.parametrize("levels", [256, 16])
+def test_uniform_pixel_model_scores_log2_levels_bits_per_dim(levels):
+  """Closed forms for images (windows of BOS + 784 pixels, one all-PAD row as
+  evaluation's last batch has). Zero logits over the whole vocabulary: causal
+  gives specials probability 0 (every scored target is a pixel), so the NLL
+  is exactly log2(levels) bits/dim; md4 draws masked tokens from the pixels
+  and BOS, so each of the 785 tokens costs log(levels + 1) whatever the mask
+  count, i.e. 785 / 784 * log2(levels + 1) bits/dim, with no MC noise."""
+  from tokjax.data import PixelTokenizer
+  from tokjax.evaluation import report
+  tok = PixelTokenizer(levels)
+  images = np.random.default_rng(0).integers(0, 256, (2, 28, 28), np.uint8)
+  tokens = np.stack([tok.encode(image, add_bos=True) for image in images]
+                    + [np.full(785, tok.pad_id)]).astype(np.int32)
+  config = base_config()
+  config.data.name = "fashion_mnist"
+  config.data.pixel_levels = levels
+  expected = {"causal": math.log2(levels), "md4": 785 / 784 * math.log2(levels + 1)}
+  for name, bits in expected.items():
+    config.objective = name
+    obj = make_objective(config, make_tokenizer(config))
+    model = lambda x, **unused: jnp.zeros(x.shape + (tok.vocab_size,))
+    sums = jax.tree.map(lambda v: np.asarray(v).sum(),
+                        obj.likelihood(model, jnp.asarray(tokens), jax.random.key(0)))
+    r = report(obj, "validation", dict(sums, var=0.0), unit=tok.unit)
+    assert r["bytes"] == 2 * 784 and r["unit"] == "dim"
+    assert r["bits_per_dim"] == r["bits_per_byte"] == pytest.approx(bits, rel=1e-6), name
+
+
 def _built_from_defaults(cls, config, tokenizer):
   """`cls` with its dataclass defaults for every setting; a mixture of such components."""
   if cls is Mixture:

@@ -211,6 +211,18 @@ def test_ar_stops_at_eos_and_pads_after_it(use_kv_cache):
   assert steps[0].tokens[:, 2].tolist() == [6, 2]
 
 
+def test_ar_never_draws_forbidden_ids():
+  """forbidden_ids (e.g. every special, for an image model) get probability 0,
+  even where the network puts all its mass on one of them."""
+  fns = counting_fns(vocab=8)
+  prompt = jnp.array([[4]], jnp.int32)
+  kwargs = dict(max_new_tokens=4, eos_id=7, pad_id=0, temperature=0.0, debug=True)
+  out = autoregressive.sample(fns, None, prompt, jax.random.key(0), forbidden_ids=(6, 7), **kwargs)
+  assert out.tokens.tolist() == [[4, 5, 0, 1, 2]]  # After 5 the best allowed id is 0.
+  with pytest.raises(ValueError, match=r"forbidden_ids \(8,\) must lie in .*\[0, 8\)"):
+    autoregressive.sample(fns, None, prompt, jax.random.key(0), forbidden_ids=(8,), **kwargs)
+
+
 # ---------------------------------------------------------------- MD4
 
 

@@ -14,6 +14,7 @@ import ml_collections
 
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
+from tokjax.data import image_seq_len
 from tokjax.models import TransformerConfig
 from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
@@ -92,11 +93,30 @@ def apply_mesh_preset(config: ml_collections.ConfigDict, name: str) -> None:
   config.logical_axis_rules = p["rules"]
 
 
+def apply_size_and_mesh(config: ml_collections.ConfigDict, variant: dict, sizes: dict,
+                        keys: str) -> None:
+  """Applies a config file's `size=` (a key of `sizes`, default 'quickstart')
+  and `mesh=` (a sharding preset, default 'dp') variants, popped from `variant`.
+
+  Raises:
+    ValueError: an unknown size, or variant keys left over (listing `keys`,
+      the keys the config file takes).
+  """
+  size = variant.pop("size", "quickstart")
+  if size not in sizes:
+    raise ValueError(f"Unknown size {size!r}; use one of {sorted(sizes)}.")
+  config.model.update(sizes[size])
+  apply_mesh_preset(config, variant.pop("mesh", "dp"))
+  if variant:
+    raise ValueError(f"Unknown config variant keys {sorted(variant)}; use {keys}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the fix, on settings that cannot work.
 
   Raises:
-    ValueError: unknown objective/sampler/schedule, or impossible sizes.
+    ValueError: unknown objective/sampler/schedule, impossible sizes, or an
+      image dataset whose seq_len is not one image (BOS + pixels) per window.
   """
   objective_class(config)  # Raises on an unknown name.
   if config.sampler.name:
@@ -108,6 +128,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("seq_len", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config[key] <= 0:
       raise ValueError(f"{key} must be positive, got {config[key]}.")
+  image_len = image_seq_len(config.data.name)
+  if image_len is not None and config.seq_len != image_len:
+    raise ValueError(
+        f"data.name={config.data.name!r} is an image dataset: each window holds one image, "
+        f"BOS + {image_len - 1} pixels, so set seq_len={image_len} (configs/"
+        f"{config.data.name}.py does), not {config.seq_len}.")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,4 +1,9 @@
-"""The likelihood report: nats per token and bits per byte on a data split.
+"""The likelihood report: nats per token and bits per byte (or per dim) on a data split.
+
+Text counts bytes; images (a PixelTokenizer, unit 'dim') count pixels, and
+the report then also gives `bits_per_dim` (the same figure as `bits_per_byte`,
+under its name in the image-modelling literature, e.g. "Pixel Recurrent
+Neural Networks", van den Oord et al. 2016) and prints bits/dim.
 
 The figure's kind comes from the objective: `exact` NLL of the text (causal),
 `exact_conditional` NLL of part of it given the rest (prefix_lm), an
@@ -51,13 +56,15 @@ def evaluate(exp, eval_step, params, tokens: np.ndarray, *, max_batches: int, sp
     tokens: int32[num_tokens] the split's packed token stream.
 
   Returns:
-    The report: split, kind, nats_per_token, bits_per_byte (and for bounds
-    mc_samples, plus bits_per_byte_stderr when mc_samples >= 2), tokens, bytes.
+    The report (see `report`): split, kind, unit, nats_per_token,
+    bits_per_byte (and for bounds mc_samples, plus bits_per_byte_stderr when
+    mc_samples >= 2), tokens, bytes; for pixels bits_per_dim too.
   """
   c = exp.config
   batches = eval_batches(
       tokens, seq_len=c.seq_len, batch_size=c.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_id=exp.tokenizer.pad_id,
   )
   rng = jax.random.key(seed)
   totals = None
@@ -66,20 +73,25 @@ def evaluate(exp, eval_step, params, tokens: np.ndarray, *, max_batches: int, sp
       break
     out = eval_step(params, to_global(batch, exp.batch_sharding), jax.random.fold_in(rng, i))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  return report(exp.objective, split, jax.tree.map(np.asarray, jax.device_get(totals)))
+  return report(exp.objective, split, jax.tree.map(np.asarray, jax.device_get(totals)),
+                unit=exp.tokenizer.unit)
 
 
-def report(objective, split: str, totals: dict) -> dict:
+def report(objective, split: str, totals: dict, unit: str = "byte") -> dict:
   """Turns summed nats/tokens/bytes into the labelled likelihood report.
 
-  An objective whose kind is 'none' reports no likelihood, only its own
-  figures from `objective.eval_report(totals)`.
+  `bytes` counts the data units, named by `unit` (the tokenizer's): 'byte'
+  for text, 'dim' for pixels. bits_per_byte = nats / (ln 2 * bytes); with
+  unit 'dim' the report repeats it (and its standard error) as bits_per_dim
+  (and bits_per_dim_stderr). An objective whose kind is 'none' reports no
+  likelihood, only its own figures from `objective.eval_report(totals)`.
   """
   tokens, nbytes = max(float(totals["tokens"]), 1.0), max(float(totals["bytes"]), 1.0)
   out = {
       "split": split,
       "objective": objective.name,
       "kind": objective.likelihood_kind,
+      "unit": unit,
       "tokens": int(totals["tokens"]),
       "bytes": int(totals["bytes"]),
   }
@@ -90,6 +102,9 @@ def report(objective, split: str, totals: dict) -> dict:
     out["mc_samples"] = objective.eval_samples
     if objective.eval_samples >= 2:  # One draw per sequence cannot estimate its own spread.
       out["bits_per_byte_stderr"] = math.sqrt(float(totals["var"])) / (math.log(2) * nbytes)
+  if unit != "byte":
+    out.update({f"bits_per_{unit}{suffix}": out[f"bits_per_byte{suffix}"]
+                for suffix in ("", "_stderr") if f"bits_per_byte{suffix}" in out})
   return dict(out, **objective.eval_report(totals))
 
 
@@ -98,12 +113,14 @@ def format_report(r: dict) -> str:
   if r["kind"] == "none":
     extra = ", ".join(f"{k} = {v:.4f}" for k, v in r.items() if isinstance(v, float))
     return f"[{r['split']}] {r['objective']}: no likelihood; {extra} over {r['tokens']} tokens"
+  unit = r.get("unit", "byte")
   line = (
       f"[{r['split']}] {r['objective']}: {r['kind']} = {r['nats_per_token']:.4f} nats/token, "
-      f"{r['bits_per_byte']:.4f} bits/byte"
+      f"{r[f'bits_per_{unit}']:.4f} bits/{unit}"
   )
-  if "bits_per_byte_stderr" in r:
-    line += f" ± {r['bits_per_byte_stderr']:.4f} (MC s.e., {r['mc_samples']} samples per sequence)"
+  if f"bits_per_{unit}_stderr" in r:
+    line += (f" ± {r[f'bits_per_{unit}_stderr']:.4f} (MC s.e., {r['mc_samples']} samples "
+             "per sequence)")
   elif "mc_samples" in r:
     line += " (no error bar from 1 MC sample per sequence; use >= 2)"
   return line + f" over {r['tokens']} tokens"

@@ -15,7 +15,7 @@ from flax import nnx
 
 from tokjax import sharding
 from tokjax.config import validate
-from tokjax.data import ByteTokenizer
+from tokjax.data import ByteTokenizer, PixelTokenizer
 from tokjax.models import TransformerConfig
 from tokjax.objectives import Objective, make_objective, make_tokenizer
 
@@ -49,7 +49,7 @@ class Experiment:
   """A run's static pieces. `state` pytrees are {'step', 'params', 'opt_state'}."""
 
   config: ml_collections.ConfigDict
-  tokenizer: ByteTokenizer
+  tokenizer: ByteTokenizer | PixelTokenizer
   objective: Objective
   model_config: TransformerConfig
   mesh: jax.sharding.Mesh

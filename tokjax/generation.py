@@ -31,19 +31,39 @@ def sampler_name(exp) -> str:
   return exp.objective.pick_sampler(exp.config.sampler.name)
 
 
-def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list[str], dict]:
+def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list, dict]:
   """Samples `num_samples` continuations of `prompt` (a BOS is prepended).
 
-  Returns the decoded texts and a record of the sampler settings, including
-  the categorical `precision`, to store beside the samples.
+  An image run (a PixelTokenizer) samples whole images from BOS alone: AR
+  appends the pixels (sampler.ar.max_new_tokens of them, configs/fashion_mnist.py
+  sets all 784), masked samplers fill the seq_len window.
+
+  Returns the decoded samples, texts (str) or images (uint8[rows, cols]), and
+  a record of the sampler settings, including the categorical `precision`, to
+  store beside the samples.
 
   Raises:
-    ValueError: a prompt longer than the model's sequence length.
+    ValueError: a prompt longer than the model's sequence length, or any
+      prompt for an image run.
   """
   tok = exp.tokenizer
-  ids = tok.encode(prompt, add_bos=True)
+  ids = _prompt_ids(tok, prompt)
   rows, record = _run(exp, params, ids, num_samples=num_samples, seed=seed)
   return [tok.decode(row) for row in rows], dict(record, prompt=prompt)
+
+
+def _prompt_ids(tok, prompt: str) -> np.ndarray:
+  """int32[prompt_len]: BOS + the prompt's bytes, or BOS alone for images.
+
+  Raises:
+    ValueError: a non-empty prompt for an image run.
+  """
+  if tok.unit == "byte":
+    return tok.encode(prompt, add_bos=True)
+  if prompt:
+    raise ValueError(f"Image runs sample from BOS alone; the prompt must be empty, got "
+                     f"{prompt!r}; leave --prompt (and sampler.prompt) empty.")
+  return np.asarray([tok.bos_id], np.int32)
 
 
 def infill(exp, params, text: str, *, placeholder: str, hole_len: int | Sequence[int],
@@ -61,9 +81,12 @@ def infill(exp, params, text: str, *, placeholder: str, hole_len: int | Sequence
   Raises:
     ValueError: no placeholder in `text`, a hole length < 1 or one length per
       hole with the wrong count, an objective that cannot infill (listing
-      those that can), or a prompt longer than seq_len.
+      those that can), a prompt longer than seq_len, or an image run.
   """
   tok, objective = exp.tokenizer, exp.objective
+  if tok.unit != "byte":
+    raise ValueError("Infilling takes text with holes; an image run (a PixelTokenizer) has "
+                     "no text to fill. Sample whole images with tokjax.sample instead.")
   pieces = [tok.encode(piece) for piece in text.split(placeholder)]
   if len(pieces) < 2:
     raise ValueError(f"The infill text has no {placeholder!r}; mark each hole with it.")
@@ -140,10 +163,15 @@ def prompt_rows(batch_sharding, ids: np.ndarray, num_samples: int) -> jax.Array:
 
 
 def write_samples(exp, params, workdir: str, step: int, filename: str = "samples.json",
-                  infill_text: str | None = None, **infill_kwargs) -> list[str]:
+                  infill_text: str | None = None, **infill_kwargs) -> list:
   """Prints samples from the config's sampler and writes them to WORKDIR/filename.
 
   With `infill_text`, fills its holes instead (see `infill` for the kwargs).
+  Image samples (a PixelTokenizer) go into the JSON as uint8 rows of pixel
+  values, and as a grid in a PNG beside it, WORKDIR/<filename stem>.png (e.g.
+  samples_STEP.png beside samples_STEP.json); the printout names the PNG.
+
+  Returns the decoded samples: texts, or images uint8[rows, cols].
   """
   s = exp.config.sampler
   if not sampler_name(exp):
@@ -154,9 +182,41 @@ def write_samples(exp, params, workdir: str, step: int, filename: str = "samples
   else:
     texts, record = infill(exp, params, infill_text, num_samples=s.num_samples, seed=s.seed,
                            **infill_kwargs)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, filename), "w") as f:
-      json.dump(dict(record, step=step, samples=texts), f, indent=1)
+  if jax.process_index() != 0:
+    return texts
+  images = exp.tokenizer.unit != "byte"
+  samples = [np.asarray(t).tolist() for t in texts] if images else texts
+  with open(os.path.join(workdir, filename), "w") as f:
+    json.dump(dict(record, step=step, samples=samples), f, indent=1)
+  label = f"{record['sampler']}, precision={record['precision']}"
+  if images:
+    png = os.path.join(workdir, os.path.splitext(filename)[0] + ".png")
+    write_png(png, image_grid(np.stack(texts)))
+    print(f"--- {len(texts)} image samples ({label}) in {png} ---")
+  else:
     for i, text in enumerate(texts):
-      print(f"--- sample {i} ({record['sampler']}, precision={record['precision']}) ---\n{text}")
+      print(f"--- sample {i} ({label}) ---\n{text}")
   return texts
+
+
+def image_grid(images: np.ndarray, cols: int = 8, border: int = 2) -> np.ndarray:
+  """uint8[num_images, rows, cols] -> one uint8 image: the images in a grid,
+  `cols` per row (fewer if there are fewer images), `border` grey pixels
+  between and around them."""
+  images = np.asarray(images, np.uint8)
+  n, h, w = images.shape
+  cols = max(1, min(cols, n))
+  grid_rows = -(-n // cols)
+  grid = np.full((grid_rows * (h + border) + border, cols * (w + border) + border), 128, np.uint8)
+  for i, image in enumerate(images):
+    top, left = border + (i // cols) * (h + border), border + (i % cols) * (w + border)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def write_png(path: str, image: np.ndarray, scale: int = 4) -> None:
+  """Writes grey image uint8[rows, cols] to `path` as a PNG, each pixel a
+  scale x scale block (0 black, 255 white)."""
+  from matplotlib import image as mpimage  # Only image runs need it; no pyplot, no backend.
+  big = np.repeat(np.repeat(np.asarray(image, np.uint8), scale, 0), scale, 1)
+  mpimage.imsave(path, big, cmap="gray", vmin=0, vmax=255)

@@ -61,7 +61,14 @@ def report(exp, params, judge, judge_params) -> dict:
 
   Returns the sampler record (sampler, precision, settings) with the samples,
   unigram_entropy (bits per byte) and the judge's figures (`judge_report`).
+
+  Raises:
+    ValueError: an image run or judge (it scores text only), or a judge
+      whose likelihood is not exact.
   """
+  if exp.tokenizer.unit != "byte" or judge.tokenizer.unit != "byte":
+    raise ValueError("Sample quality (generative perplexity, unigram entropy) scores text; "
+                     "for an image run, look at the samples' PNG (tokjax.sample) instead.")
   s = exp.config.sampler
   texts, record = generation.generate(exp, params, prompt=s.prompt, num_samples=s.num_samples,
                                       seed=s.seed)

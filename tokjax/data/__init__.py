@@ -1,15 +1,20 @@
-"""Data: byte tokenizer, TFDS builders (array_record, no TensorFlow), grain pipeline."""
+"""Data: byte and pixel tokenizers, TFDS builders (array_record, no TensorFlow), grain pipeline."""
 from __future__ import annotations
 
-from tokjax.data.datasets import BUILDERS, default_config, load_split
+from tokjax.data.datasets import (BUILDERS, IMAGE_SHAPES, default_config, image_seq_len,
+                                  load_split)
 from tokjax.data.pipeline import eval_batches, to_global, train_iterator
-from tokjax.data.tokenizer import ByteTokenizer
+from tokjax.data.tokenizer import DEFAULT_PIXEL_LEVELS, ByteTokenizer, PixelTokenizer
 
 __all__ = [
     "BUILDERS",
     "ByteTokenizer",
+    "DEFAULT_PIXEL_LEVELS",
+    "IMAGE_SHAPES",
+    "PixelTokenizer",
     "default_config",
     "eval_batches",
+    "image_seq_len",
     "load_split",
     "to_global",
     "train_iterator",

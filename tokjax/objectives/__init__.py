@@ -6,7 +6,7 @@ section `config.<name>` is built from its dataclass defaults
 """
 from __future__ import annotations
 
-from tokjax.data import ByteTokenizer
+from tokjax.data import DEFAULT_PIXEL_LEVELS, IMAGE_SHAPES, ByteTokenizer, PixelTokenizer
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.cm3 import CM3
@@ -42,10 +42,22 @@ def objective_class(config) -> type[Objective]:
   return REGISTRY[config.objective]
 
 
-def make_tokenizer(config) -> ByteTokenizer:
-  """The byte tokenizer plus the special tokens (e.g. sentinels) the objective needs."""
+def make_tokenizer(config) -> ByteTokenizer | PixelTokenizer:
+  """The dataset's tokenizer plus the special tokens (e.g. sentinels) the objective needs.
+
+  A PixelTokenizer with `config.data.pixel_levels` grey levels (default 256)
+  for an image dataset (`tokjax.data.IMAGE_SHAPES`), else the ByteTokenizer.
+
+  Raises:
+    ValueError: an unknown objective name, or pixel_levels outside [2, 256].
+  """
   cls = objective_class(config)
-  return ByteTokenizer(cls.extra_special_tokens(_section(cls, config)))
+  extra = cls.extra_special_tokens(_section(cls, config))
+  shape = IMAGE_SHAPES.get(config.data.name)
+  if shape is None:
+    return ByteTokenizer(extra)
+  levels = config.data.get("pixel_levels", DEFAULT_PIXEL_LEVELS)
+  return PixelTokenizer(levels, extra, image_shape=shape)
 
 
 def make_objective(config, tokenizer) -> Objective:

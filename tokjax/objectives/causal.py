@@ -6,7 +6,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import (
+    ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
 
 
 def next_token(tokens: jax.Array, pad_id: int) -> tuple[ModelInputs, Targets]:
@@ -40,7 +41,15 @@ class Causal(Objective):
   ("Language Models are Unsupervised Multitask Learners", Radford et al. 2019,
   Sec. 2.) Position n predicts token n+1 of the same window, so the last
   position of each window is unscored. PAD targets are unscored.
+
+  Attributes:
+    forbidden_ids: ids the model gives probability 0, in the loss and in the
+      sampler (tokenizer.non_target_ids): none for text; every special for
+      images, whose windows are BOS + pixels, so that the NLL is over pixel
+      values alone (a uniform model scores exactly log2(levels) bits/dim).
   """
+
+  forbidden_ids: tuple[int, ...] = from_tokenizer("non_target_ids", ())
 
   name: str = dataclasses.field(default="causal", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
@@ -50,3 +59,9 @@ class Causal(Objective):
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     del rng  # Deterministic.
     return next_token(tokens, self.pad_id)
+
+  def mask_logits(self, logits: jax.Array) -> jax.Array:
+    return forbid_ids(logits, *self.forbidden_ids) if self.forbidden_ids else logits
+
+  def sampling_spec(self) -> SamplingSpec:
+    return SamplingSpec(forbidden_ids=self.forbidden_ids)

@@ -33,12 +33,12 @@ def bind(settings: dict, spec, tokenizer, *, seq_len: int, prompt_len: int) -> d
   """`sample`'s keyword arguments for a run: its settings plus what the run fixes.
 
   max_new_tokens is capped so that the prompt and the output fit seq_len; EOS,
-  PAD and the prefix attention come from the tokenizer and the objective's
-  `SamplingSpec`.
+  PAD, the forbidden ids and the prefix attention come from the tokenizer and
+  the objective's `SamplingSpec`.
   """
   return dict(settings, max_new_tokens=min(settings["max_new_tokens"], seq_len - prompt_len),
               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-              prefix_attention=spec.prefix_attention)
+              forbidden_ids=tuple(spec.forbidden_ids), prefix_attention=spec.prefix_attention)
 
 
 @struct.dataclass
@@ -72,6 +72,7 @@ class ARSettings(NamedTuple):
   precision: str
   use_kv_cache: bool
   prefix_attention: bool
+  forbidden_ids: tuple[int, ...]
 
 
 def sample(
@@ -89,6 +90,7 @@ def sample(
     precision: str = "float32",
     use_kv_cache: bool = True,
     prefix_attention: bool = False,
+    forbidden_ids: tuple[int, ...] = (),
     debug: bool = False,
     on_step: Callable[[ARState], None] | None = None,
 ) -> SampleOutput:
@@ -106,6 +108,8 @@ def sample(
     use_kv_cache: KV-cache decoding (True) or a full forward per step (False);
       under temperature 0 both give the same tokens.
     prefix_attention: treat the prompt as a bidirectional prefix (prefix LM).
+    forbidden_ids: ids drawn with probability 0 (the objective's, as in its
+      loss; e.g. every special for an image model, which only emits pixels).
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `ARState` after every step.
 
@@ -116,11 +120,12 @@ def sample(
   Raises:
     ValueError: a bad prompt shape, prompt_len + max_new_tokens > fns.max_seq_len,
       use_kv_cache without fns.decode / fns.init_cache, on_step without debug,
-      or a bad sampling setting.
+      forbidden ids outside the vocabulary, or a bad sampling setting.
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   settings = ARSettings(max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
-                        precision, use_kv_cache, prefix_attention)
+                        precision, use_kv_cache, prefix_attention,
+                        tuple(int(i) for i in forbidden_ids))
   _validate(fns, prompt, settings)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
@@ -162,6 +167,7 @@ def make_step(fns: ModelFns, settings: ARSettings, params) -> Callable[[ARState]
   def step(state: ARState) -> ARState:
     rng, key = jax.random.split(state.rng)
     logits, cache = _next_logits(fns, settings, params, state)
+    logits = _forbid(logits, settings.forbidden_ids)
     token = sample_categorical(
         key, logits, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, precision=settings.precision,
@@ -189,6 +195,20 @@ def _next_logits(fns, settings, params, state):
   else:
     logits = fns.forward(params, state.tokens, attention="causal")
   return jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False), None
+
+
+def _forbid(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:
+  """float32[batch, vocab] logits with `ids` at -inf (probability 0).
+
+  Raises:
+    ValueError: an id outside the model's vocabulary.
+  """
+  if not ids:
+    return logits
+  vocab = logits.shape[-1]
+  if not all(0 <= i < vocab for i in ids):
+    raise ValueError(f"forbidden_ids {ids} must lie in the model's vocabulary [0, {vocab}).")
+  return logits.at[:, jnp.asarray(ids)].set(-jnp.inf)
 
 
 def _prefix_len(prompt: jax.Array) -> jax.Array:
