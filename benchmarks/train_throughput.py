@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokjax import runtime
 from tokjax.config import load_config_file
 from tokjax.device_peak import best_time, matmul_peak
 from tokjax.experiment import Experiment
@@ -89,6 +90,7 @@ def main():
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
+  runtime.configure_xla_cpu(args.dtype)  # As tokjax.train does, before jax starts.
   peak = matmul_peak()
   peak_bf16 = matmul_peak(jnp.bfloat16)
   bandwidth = copy_bandwidth()
