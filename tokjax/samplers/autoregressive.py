@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.samplers.base import ModelFns, SampleOutput, run_loop, run_sampler
+from tokjax.samplers.base import ModelFns, SampleOutput, forbid, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 
 
@@ -167,7 +167,7 @@ def make_step(fns: ModelFns, settings: ARSettings, params) -> Callable[[ARState]
   def step(state: ARState) -> ARState:
     rng, key = jax.random.split(state.rng)
     logits, cache = _next_logits(fns, settings, params, state)
-    logits = _forbid(logits, settings.forbidden_ids)
+    logits = forbid(logits, settings.forbidden_ids)
     token = sample_categorical(
         key, logits, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, precision=settings.precision,
@@ -195,20 +195,6 @@ def _next_logits(fns, settings, params, state):
   else:
     logits = fns.forward(params, state.tokens, attention="causal")
   return jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False), None
-
-
-def _forbid(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:
-  """float32[batch, vocab] logits with `ids` at -inf (probability 0).
-
-  Raises:
-    ValueError: an id outside the model's vocabulary.
-  """
-  if not ids:
-    return logits
-  vocab = logits.shape[-1]
-  if not all(0 <= i < vocab for i in ids):
-    raise ValueError(f"forbidden_ids {ids} must lie in the model's vocabulary [0, {vocab}).")
-  return logits.at[:, jnp.asarray(ids)].set(-jnp.inf)
 
 
 def _prefix_len(prompt: jax.Array) -> jax.Array:

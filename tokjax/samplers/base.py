@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from tokjax.models.transformer import TransformerConfig, init_cache
@@ -56,6 +57,21 @@ class SamplingSpec:
   noise_schedule: MaskingSchedule | None = None
   time_conditioning: bool = False
   prefix_attention: bool = False
+
+
+def forbid(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:
+  """float[..., vocab] logits with `ids` at -inf (probability 0).
+
+  Raises:
+    ValueError: an id outside the model's vocabulary.
+  """
+  if not ids:
+    return logits
+  vocab = logits.shape[-1]
+  if not all(0 <= i < vocab for i in ids):
+    raise ValueError(f"mask_id / forbidden_ids {ids} must lie in the model's vocabulary "
+                     f"[0, {vocab}).")
+  return logits.at[..., jnp.asarray(ids)].set(-jnp.inf)
 
 
 class SampleOutput(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec
+from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, forbid
 from tokjax.schedules import MaskingSchedule
 
 
@@ -36,12 +36,7 @@ def denoiser_logits(fns: ModelFns, spec: SamplingSpec, params, z: jax.Array, t) 
   """
   kwargs = {"time": jnp.full(z.shape[:1], t, jnp.float32)} if spec.time_conditioning else {}
   logits = fns.forward(params, z, attention="bidirectional", **kwargs)
-  vocab = logits.shape[-1]
-  never = (spec.mask_id, *spec.forbidden_ids)
-  if not all(0 <= i < vocab for i in never):
-    raise ValueError(
-        f"mask_id and forbidden_ids {never} must lie in the model's vocabulary [0, {vocab}).")
-  return logits.at[..., jnp.asarray(never)].set(-jnp.inf)
+  return forbid(logits, (spec.mask_id, *spec.forbidden_ids))
 
 
 def validate(fns: ModelFns, prompt: jax.Array, *, seq_len: int, spec: SamplingSpec,
