@@ -1,20 +1,29 @@
-"""Pixel-level token models on Fashion-MNIST: 28x28 grey images as 784 tokens.
+"""Fashion-MNIST: pixel and FSQ-code token models, the FSQ tokenizer, MAE and a classifier.
 
-Each image is one window of BOS + its 784 pixels in raster order (seq_len
-785), each pixel one of `levels` grey-level tokens (`PixelTokenizer`), and
-likelihoods are reported in bits per dimension (per pixel): for causal the
-exact NLL of the pixels given BOS, for md4 the ELBO bound (its BOS token's
-tiny loss included). Validation is the last 5,000 training images.
+Every objective reads one image per window. Pixel models see BOS + the 784
+pixels in raster order (seq_len 785), each one of `levels` grey-level tokens
+(`PixelTokenizer`), and report bits per dimension: for causal the exact NLL
+of the pixels given BOS, for md4 the ELBO bound (its BOS token's tiny loss
+included). With tokens=fsq a window is a class token + the 49 codes of a
+trained FSQ tokenizer (seq_len 50). Validation is the last 5,000 training
+images.
 
-Run:
+Run (each line one run; the fsq run comes before the models of its codes):
 
   python -m tokjax.train --config configs/fashion_mnist.py --workdir /tmp/tokjax/fmnist_causal
   python -m tokjax.train --config configs/fashion_mnist.py:objective=md4 --workdir /tmp/tokjax/fmnist_md4
-  python -m tokjax.sample --workdir /tmp/tokjax/fmnist_md4   # WORKDIR/samples_STEP.png
+  python -m tokjax.train --config configs/fashion_mnist.py:objective=fsq --workdir /tmp/tokjax/fmnist_fsq
+  python -m tokjax.train --config configs/fashion_mnist.py:objective=maskgit --workdir /tmp/tokjax/fmnist_maskgit \
+      --config.data.tokenizer_workdir=/tmp/tokjax/fmnist_fsq
+  python -m tokjax.train --config configs/fashion_mnist.py:objective=classifier --workdir /tmp/tokjax/fmnist_classifier
+  python -m tokjax.train --config configs/fashion_mnist.py:objective=mae --workdir /tmp/tokjax/fmnist_mae
+  python -m tokjax.sample --workdir /tmp/tokjax/fmnist_maskgit   # WORKDIR/samples_STEP.png, a row per class
 
-Variants (comma separated after ':'): objective=causal|md4, levels=N (grey
-levels per pixel, 2..256; default 256), size=quickstart|tiny, mesh=dp|fsdp|fsdp_tp.
-Any key can still be overridden with --config.KEY=VALUE.
+Variants (comma separated after ':'): objective=causal|md4|maskgit|fsq|mae|classifier,
+tokens=pixels|fsq (what a token model reads: maskgit defaults to fsq, causal
+and md4 to pixels), levels=N (grey levels per pixel, 2..256; default 256),
+size=quickstart|tiny, mesh=dp|fsdp|fsdp_tp. Any key can still be overridden
+with --config.KEY=VALUE.
 
 Measured on the 2-core AMD EPYC CPU machine (no GPU), size=quickstart, 256
 levels, 200 steps of 16 images (3,200 images, 6% of an epoch), the data
@@ -25,12 +34,27 @@ the wall time includes the evaluation of the first 512 validation images and
   objective=causal: 5 min 50 s, ~7.9k train tokens/s, exact NLL 3.233 bits/dim.
   objective=md4:    7 min 05 s, ~6.9k train tokens/s, ELBO bound 3.636 +- 0.013
                     bits/dim (2 draws per image; linear schedule; 64 sampler steps).
-For scale: a uniform model over 256 levels scores 8 bits/dim.
+For scale: a uniform model over 256 levels scores 8 bits/dim. docs/images.md
+has every objective's figures (benchmarks/images_table.py).
 """
 from tokjax.config import apply_size_and_mesh, base_config, parse_variant
 from tokjax.data import DEFAULT_PIXEL_LEVELS, image_seq_len
 
-OBJECTIVES = ("causal", "md4")  # Those this config supports so far.
+FSQ_CODES_PER_IMAGE = 49  # The FSQ tokenizer's 7 x 7 latent grid.
+
+# What each objective reads and how it trains: data.tokens, data.class_token
+# (each window starts with its class token instead of BOS), batch, steps, lr.
+OBJECTIVES = {
+    "causal": dict(tokens="pixels", class_token=False, batch_size=16, steps=200, lr=3e-3),
+    "md4": dict(tokens="pixels", class_token=False, batch_size=16, steps=200, lr=3e-3),
+    # Class-conditional MaskGIT on FSQ codes, with class dropout for guidance.
+    "maskgit": dict(tokens="fsq", class_token=True, batch_size=64, steps=1500, lr=2e-3),
+    "fsq": dict(tokens="pixels", class_token=False, batch_size=64, steps=1500, lr=2e-3),
+    # Labels for the classifier's loss and for MAE's linear probe.
+    "classifier": dict(tokens="pixels", class_token=True, batch_size=128, steps=600, lr=2e-3),
+    "mae": dict(tokens="pixels", class_token=True, batch_size=128, steps=1000, lr=2e-3),
+}
+TOKEN_MODELS = ("causal", "md4", "maskgit")  # Those that may read either kind of token.
 
 SIZES = {
     # Sized for ~8 minutes end to end on 2 CPU cores (see the docstring).
@@ -48,26 +72,41 @@ def get_config(arg: str | None = None):
     raise ValueError(
         f"configs/fashion_mnist.py supports objective={'|'.join(OBJECTIVES)}, not "
         f"{config.objective!r}; train text objectives with configs/shakespeare.py.")
+  recipe = OBJECTIVES[config.objective]
+  tokens = variant.pop("tokens", recipe["tokens"])
+  if tokens not in ("pixels", "fsq") or (tokens != recipe["tokens"]
+                                         and config.objective not in TOKEN_MODELS):
+    raise ValueError(
+        f"tokens={tokens!r}: use tokens=pixels|fsq, and tokens=fsq only with "
+        f"objective={'|'.join(TOKEN_MODELS)} ({config.objective} reads pixels).")
   levels = variant.pop("levels", str(DEFAULT_PIXEL_LEVELS))
   if not levels.isdigit():
     raise ValueError(f"Config variant levels={levels!r} must be an integer in [2, 256], "
                      "e.g. levels=16.")
-  apply_size_and_mesh(config, variant, SIZES, keys="objective, levels, size, mesh")
+  apply_size_and_mesh(config, variant, SIZES, keys="objective, tokens, levels, size, mesh")
   config.data.name = "fashion_mnist"
   config.data.pixel_levels = int(levels)  # PixelTokenizer checks the range.
-  config.seq_len = image_seq_len("fashion_mnist")  # 785: BOS + 784 pixels, one image per window.
-  config.batch_size = 16
-  config.num_train_steps = 200
-  config.eval_every_steps = 100
+  config.data.tokens = tokens
+  config.data.class_token = recipe["class_token"]
+  # The workdir of the configs/fashion_mnist.py:objective=fsq run whose codes
+  # tokens=fsq models read; set it with --config.data.tokenizer_workdir=DIR.
+  config.data.tokenizer_workdir = ""
+  # One image per window: BOS (or the class token) + 784 pixels or 49 codes.
+  config.seq_len = image_seq_len("fashion_mnist") if tokens == "pixels" else 1 + FSQ_CODES_PER_IMAGE
+  config.batch_size = recipe["batch_size"]
+  config.num_train_steps = recipe["steps"]
+  config.eval_every_steps = recipe["steps"] // 2
+  config.checkpoint_every_steps = recipe["steps"] // 2
   config.eval_steps = 4
-  config.final_eval_steps = 32  # 512 of the 5,000 validation images.
-  config.checkpoint_every_steps = 100
-  config.optimizer.learning_rate = 3e-3
+  config.final_eval_steps = 512 // recipe["batch_size"]  # The first 512 validation images.
+  config.optimizer.learning_rate = recipe["lr"]
   config.optimizer.warmup_steps = 50
   config.md4.eval_samples = 2  # The fewest draws that give an error bar.
-  # Whole images: AR draws all 784 pixels after BOS (masked samplers fill
-  # the 785-token window anyway).
+  # Whole images: AR draws all pixels or codes after BOS (masked samplers fill
+  # the window anyway). A class-conditional run draws num_samples per class.
   config.sampler.num_samples = 8
   config.sampler.ar.max_new_tokens = config.seq_len - 1
   config.sampler.md4.num_steps = 64  # ~12 pixels per step; each step is a full forward.
+  config.sampler.maskgit.num_steps = 12
+  config.sampler.maskgit.guidance_scale = 2.0 if config.objective == "maskgit" else 0.0
   return config

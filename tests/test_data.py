@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from tokjax.config import load_config_file, validate
+from tokjax.config import check_image_windows, load_config_file, validate
 from tokjax.data import (
     ByteTokenizer,
     PixelTokenizer,
@@ -174,6 +174,22 @@ def test_fashion_mnist_windows_are_one_image_each(tmp_path, monkeypatch):
   assert len(batches) == 2 and (batches[1][1:] == tok8.pad_id).all()
 
 
+def test_class_tokens_take_bos_place(tmp_path, monkeypatch):
+  """With class tokens each window starts with its image's class token; the
+  pixels and the tokenizer's other ids are as without them."""
+  config, data = fashion_config(tmp_path, monkeypatch)
+  labels = data[fashion_mnist.TRAIN_LABELS][-fake_fm.NUM_VALIDATION:]
+  tok = PixelTokenizer(num_classes=10)
+  assert tok.class_ids == tuple(range(260, 270)) and tok.vocab_size == 270
+  assert set(tok.class_ids) <= set(tok.non_target_ids) and not set(tok.class_ids) & set(tok.non_text_ids)
+  windows = pack(load_split(config, "validation", tok), 785, tok.pad_id)
+  np.testing.assert_array_equal(windows[:, 0], np.asarray(tok.class_ids)[labels])
+  plain = pack(load_split(config, "validation", PixelTokenizer()), 785, tok.pad_id)
+  np.testing.assert_array_equal(windows[:, 1:], plain[:, 1:])
+  with pytest.raises(ValueError, match="class_token=True"):
+    PixelTokenizer().encode(np.zeros((28, 28), np.uint8), add_bos=True, label=0)
+
+
 def test_tokenizer_must_fit_the_dataset(tmp_path, monkeypatch):
   config, _ = fashion_config(tmp_path, monkeypatch)
   with pytest.raises(ValueError, match="use a PixelTokenizer .* configs/fashion_mnist.py"):
@@ -200,9 +216,14 @@ def test_fashion_mnist_config_builds_the_pixel_tokenizer():
       str(pathlib.Path(__file__).parents[1] / "configs" / "shakespeare.py"))), ByteTokenizer)
   config.seq_len = 784
   with pytest.raises(ValueError, match="set seq_len=785"):
-    validate(config)
-  with pytest.raises(ValueError, match=re.escape("objective=causal|md4, not 'mlm'")):
+    check_image_windows(config, tok)
+  with pytest.raises(ValueError, match=re.escape("objective=causal|md4|maskgit|fsq|classifier|mae, "
+                                                 "not 'mlm'")):
     fashion_mnist_config("objective=mlm")
+  with pytest.raises(ValueError, match="tokens=fsq only with"):
+    fashion_mnist_config("objective=mae,tokens=fsq")
+  with pytest.raises(ValueError, match="tokenizer_workdir"):
+    make_tokenizer(fashion_mnist_config("objective=maskgit"))
   with pytest.raises(ValueError, match="levels='16.5' must be an integer"):
     fashion_mnist_config("levels=16.5")
   config = fashion_mnist_config("levels=300")

@@ -166,6 +166,33 @@ def test_maskgit_masks_exactly_the_scheduled_count(schedule):
   assert float(nats.sum() / targets.weights.sum()) == pytest.approx(math.log(V - 2), rel=1e-5)
 
 
+def test_class_conditional_maskgit_keeps_and_drops_the_class_token():
+  """With class tokens, position 0 is never masked nor scored; training swaps
+  it for BOS (the null class) at rate class_dropout, evaluation never does,
+  and the sampler gets BOS as the null id for guidance."""
+  from tokjax.data import PixelTokenizer
+  from tokjax.objectives.maskgit import MaskGIT
+  tok = PixelTokenizer(16, num_classes=10, image_shape=(2, 3))
+  obj = MaskGIT.from_config({"class_dropout": 0.25, "noise_schedule": "cosine"}, tok)
+  labels = np.arange(4096) % 10
+  x = jnp.asarray(np.stack([tok.encode(np.full((2, 3), 7 * i % 256, np.uint8), add_bos=True,
+                                       label=c) for i, c in enumerate(labels)]))
+  inputs, targets = obj.corrupt(x, jax.random.key(0))
+  first = np.asarray(inputs.tokens[:, 0])
+  dropped = first == tok.bos_id
+  assert ((first == np.asarray(x[:, 0])) | dropped).all()
+  assert abs(dropped.mean() - 0.25) < 5 * math.sqrt(0.25 * 0.75 / 4096)
+  assert not np.asarray(targets.weights[:, 0]).any()
+  assert (np.asarray(inputs.tokens[:, 1:] == tok.mask_id).sum(-1) >= 1).all()
+  eval_inputs, _ = obj.corrupt_eval(x, jax.random.key(0))
+  np.testing.assert_array_equal(eval_inputs.tokens[:, 0], x[:, 0])
+  spec = obj.sampling_spec()
+  assert spec.null_id == tok.bos_id and set(tok.class_ids) <= set(spec.forbidden_ids)
+  assert MaskGIT.from_config({}, PixelTokenizer(16)).sampling_spec().null_id == -1
+  with pytest.raises(ValueError, match="class_dropout"):
+    MaskGIT.from_config({"class_dropout": 1.5}, tok)
+
+
 # ------------------------------------------------ MD4's evaluation estimator
 
 TOY_V, TOY_PAD, TOY_MASK = 8, 6, 7  # Tokens 0..5 are text.

@@ -15,6 +15,8 @@ import ml_collections
 from tokjax import sharding
 from tokjax.data import default_config as default_data_config
 from tokjax.data import image_seq_len
+
+IMAGE_TOKENS = ("pixels", "fsq")  # config.data.tokens of an image dataset.
 from tokjax.models import TransformerConfig
 from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
@@ -129,10 +131,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[key] <= 0:
       raise ValueError(f"{key} must be positive, got {config[key]}.")
   image_len = image_seq_len(config.data.name)
-  if image_len is not None and config.seq_len != image_len:
+  if image_len is not None and config.data.get("tokens", "pixels") not in IMAGE_TOKENS:
+    raise ValueError(f"data.tokens={config.data.tokens!r}; use one of {IMAGE_TOKENS}.")
+
+
+def check_image_windows(config: ml_collections.ConfigDict, tokenizer) -> None:
+  """Checks that each window holds one image: seq_len = 1 + the tokenizer's
+  tokens per image (BOS or a class token, then 784 pixels or 49 FSQ codes).
+
+  Raises:
+    ValueError: another seq_len, naming the one to set.
+  """
+  per_image = getattr(tokenizer, "tokens_per_image", None)
+  if per_image is not None and config.seq_len != 1 + per_image:
+    what = "pixels" if tokenizer.unit == "dim" else f"{tokenizer.unit}s"
     raise ValueError(
         f"data.name={config.data.name!r} is an image dataset: each window holds one image, "
-        f"BOS + {image_len - 1} pixels, so set seq_len={image_len} (configs/"
+        f"BOS + {per_image} {what}, so set seq_len={1 + per_image} (configs/"
         f"{config.data.name}.py does), not {config.seq_len}.")
 
 

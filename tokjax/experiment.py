@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from tokjax import sharding
-from tokjax.config import validate
+from tokjax.config import check_image_windows, validate
 from tokjax.data import ByteTokenizer, PixelTokenizer
 from tokjax.models import TransformerConfig
 from tokjax.objectives import Objective, make_objective, make_tokenizer
@@ -49,7 +49,7 @@ class Experiment:
   """A run's static pieces. `state` pytrees are {'step', 'params', 'opt_state'}."""
 
   config: ml_collections.ConfigDict
-  tokenizer: ByteTokenizer | PixelTokenizer
+  tokenizer: ByteTokenizer | PixelTokenizer  # Or an FSQTokenizer of FSQ codes.
   objective: Objective
   model_config: TransformerConfig
   mesh: jax.sharding.Mesh
@@ -64,6 +64,7 @@ class Experiment:
   def create(cls, config: ml_collections.ConfigDict) -> "Experiment":
     validate(config)
     tokenizer = make_tokenizer(config)
+    check_image_windows(config, tokenizer)
     objective = make_objective(config, tokenizer)
     objective.pick_sampler(config.sampler.name)  # Fails early on a sampler that does not fit.
     mesh = sharding.make_mesh(config.mesh.shape, tuple(config.mesh.axes))

@@ -11,10 +11,12 @@ import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from tokjax import sharding
+from tokjax.data import load_split
 from tokjax.objectives import REGISTRY, Objective
 from tokjax.samplers import model_fns, sampler_module
 from tokjax.samplers.denoise import semi_autoregressive
@@ -34,13 +36,16 @@ def sampler_name(exp) -> str:
 def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list, dict]:
   """Samples `num_samples` continuations of `prompt` (a BOS is prepended).
 
-  An image run (a PixelTokenizer) samples whole images from BOS alone: AR
-  appends the pixels (sampler.ar.max_new_tokens of them, configs/fashion_mnist.py
-  sets all 784), masked samplers fill the seq_len window.
+  An image run samples whole images from BOS alone: AR appends the pixels or
+  codes (sampler.ar.max_new_tokens of them; configs/fashion_mnist.py sets a
+  whole image), masked samplers fill the seq_len window. A class-conditional
+  image run (class tokens) samples `num_samples` images of each class, class
+  by class, each from its class token.
 
   Returns the decoded samples, texts (str) or images (uint8[rows, cols]), and
   a record of the sampler settings, including the categorical `precision`, to
-  store beside the samples.
+  store beside the samples (with `classes`, the class of each image, for a
+  class-conditional run).
 
   Raises:
     ValueError: a prompt longer than the model's sequence length, or any
@@ -48,8 +53,15 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
   """
   tok = exp.tokenizer
   ids = _prompt_ids(tok, prompt)
-  rows, record = _run(exp, params, ids, num_samples=num_samples, seed=seed)
-  return [tok.decode(row) for row in rows], dict(record, prompt=prompt)
+  classes = np.repeat(np.arange(getattr(tok, "num_classes", 0)), num_samples)
+  if classes.size:
+    ids = np.asarray(tok.class_ids, np.int32)[classes, None]
+  rows, record = _run(exp, params, ids, num_samples=len(ids) if classes.size else num_samples,
+                      seed=seed)
+  record = dict(record, prompt=prompt, **({"classes": classes.tolist()} if classes.size else {}))
+  if hasattr(tok, "decode_batch"):  # Codes -> images: one decoder pass.
+    return list(tok.decode_batch(rows)), record
+  return [tok.decode(row) for row in rows], record
 
 
 def _prompt_ids(tok, prompt: str) -> np.ndarray:
@@ -120,6 +132,8 @@ def _hole_lens(hole_len: int | Sequence[int], num_holes: int) -> tuple[int, ...]
 def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: int | None = None):
   """Samples `num_samples` rows from prompt `ids`: (int32[num_samples, length] host rows, record).
 
+  `ids` is int[prompt_len], or int[num_samples, prompt_len] for one prompt per row.
+
   Masked samplers generate `seq_len` tokens (default `sampler.length`, else the
   model's seq_len; past it semi-autoregressively); AR appends.
 
@@ -128,11 +142,12 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
   """
   name, c = sampler_name(exp), exp.config
   module = sampler_module(name)
+  prompt_len = np.shape(ids)[-1]
   kwargs = module.bind(dict(c.sampler[name]), exp.objective.sampling_spec(), exp.tokenizer,
-                       seq_len=c.seq_len, prompt_len=len(ids))
+                       seq_len=c.seq_len, prompt_len=prompt_len)
   masked = "seq_len" in kwargs  # Masked samplers fill a canvas; AR appends after the prompt.
-  if len(ids) + (0 if masked else 1) > c.seq_len:
-    raise ValueError(f"The prompt is {len(ids)} tokens but seq_len is {c.seq_len}; shorten it.")
+  if prompt_len + (0 if masked else 1) > c.seq_len:
+    raise ValueError(f"The prompt is {prompt_len} tokens but seq_len is {c.seq_len}; shorten it.")
   length = seq_len or c.sampler.length or c.seq_len
   prompt_batch = prompt_rows(exp.batch_sharding, ids, num_samples)
   args = (_model_fns(exp.graphdef, exp.model_config), params, prompt_batch, jax.random.key(seed))
@@ -151,14 +166,17 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
 
 
 def prompt_rows(batch_sharding, ids: np.ndarray, num_samples: int) -> jax.Array:
-  """int32[rows, prompt_len]: `ids` repeated, a global array whose rows are
-  sharded over the mesh's data axes (as training batches are), so every device
-  samples its share. rows is num_samples rounded up to a multiple of the data
-  shards; the extra rows are dropped after sampling.
+  """int32[rows, prompt_len]: `ids` int[prompt_len] repeated (or, as
+  int[num_samples, prompt_len], one prompt per sample), a global array whose
+  rows are sharded over the mesh's data axes (as training batches are), so
+  every device samples its share. rows is num_samples rounded up to a
+  multiple of the data shards; the extra rows (copies of the last prompt) are
+  dropped after sampling.
   """
   shards = sharding.axes_size(batch_sharding.mesh, batch_sharding.spec[0])
   rows = -(-num_samples // shards) * shards
-  host = np.tile(np.asarray(ids, np.int32)[None], (rows, 1))
+  ids = np.asarray(ids, np.int32).reshape(-1, np.shape(ids)[-1])
+  host = ids[np.minimum(np.arange(rows), len(ids) - 1)]
   return jax.make_array_from_callback(host.shape, batch_sharding, lambda index: host[index])
 
 
@@ -175,8 +193,7 @@ def write_samples(exp, params, workdir: str, step: int, filename: str = "samples
   """
   s = exp.config.sampler
   if not sampler_name(exp):
-    print(f"No sampler for objective {exp.objective.name!r} yet.")
-    return []
+    return write_pictures(exp, params, workdir, filename)
   if infill_text is None:
     texts, record = generate(exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed)
   else:
@@ -191,12 +208,41 @@ def write_samples(exp, params, workdir: str, step: int, filename: str = "samples
   label = f"{record['sampler']}, precision={record['precision']}"
   if images:
     png = os.path.join(workdir, os.path.splitext(filename)[0] + ".png")
-    write_png(png, image_grid(np.stack(texts)))
-    print(f"--- {len(texts)} image samples ({label}) in {png} ---")
+    per_row = s.num_samples if "classes" in record else 8  # A row per class.
+    write_png(png, image_grid(np.stack(texts), cols=per_row))
+    rows = ", one row per class" if "classes" in record else ""
+    print(f"--- {len(texts)} image samples ({label}) in {png}{rows} ---")
   else:
     for i, text in enumerate(texts):
       print(f"--- sample {i} ({label}) ---\n{text}")
   return texts
+
+
+def write_pictures(exp, params, workdir: str, filename: str) -> list:
+  """For an objective without a sampler: its `pictures` of the first
+  sampler.num_samples validation images, as a PNG grid with one row per panel
+  (e.g. MAE's original, masked, reconstructed), WORKDIR/<filename stem>.png,
+  and the panels' names in the JSON beside it. Prints a line either way.
+
+  Returns the panels' images, uint8[rows, cols] each, panel by panel.
+  """
+  objective, c = exp.objective, exp.config
+  if type(objective).pictures is Objective.pictures:
+    print(f"No sampler for objective {objective.name!r} yet.")
+    return []
+  num = c.sampler.num_samples
+  tokens = load_split(c.data, "validation", exp.tokenizer)[: num * c.seq_len]
+  panels = objective.pictures(exp.model(params), jnp.asarray(tokens.reshape(-1, c.seq_len)),
+                              jax.random.key(c.sampler.seed))
+  images = [image for panel in panels.values() for image in np.asarray(panel, np.uint8)]
+  if jax.process_index() == 0:
+    stem = os.path.join(workdir, os.path.splitext(filename)[0])
+    with open(stem + ".json", "w") as f:
+      json.dump(dict(panels=list(panels), num_images=len(tokens) // c.seq_len), f, indent=1)
+    write_png(stem + ".png", image_grid(np.stack(images), cols=len(images) // len(panels)))
+    print(f"--- {objective.name} pictures of validation images in {stem}.png, rows: "
+          f"{' / '.join(panels)} ---")
+  return images
 
 
 def image_grid(images: np.ndarray, cols: int = 8, border: int = 2) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Data: byte and pixel tokenizers, TFDS builders (array_record, no TensorFlow), grain pipeline."""
 from __future__ import annotations
 
-from tokjax.data.datasets import (BUILDERS, IMAGE_SHAPES, default_config, image_seq_len,
+from tokjax.data.datasets import (BUILDERS, IMAGE_CLASSES, IMAGE_SHAPES, default_config, image_seq_len,
                                   load_split)
 from tokjax.data.pipeline import eval_batches, to_global, train_iterator
 from tokjax.data.tokenizer import DEFAULT_PIXEL_LEVELS, ByteTokenizer, PixelTokenizer
@@ -10,6 +10,7 @@ __all__ = [
     "BUILDERS",
     "ByteTokenizer",
     "DEFAULT_PIXEL_LEVELS",
+    "IMAGE_CLASSES",
     "IMAGE_SHAPES",
     "PixelTokenizer",
     "default_config",

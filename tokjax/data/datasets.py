@@ -68,6 +68,11 @@ BUILDERS: dict[str, Callable[..., tfds.core.DatasetBuilder]] = {
 IMAGE_SHAPES: dict[str, tuple[int, int]] = {
     "fashion_mnist": fashion_mnist.IMAGE_SHAPE,
 }
+# Their label counts: with `config.data.class_token` each window starts with
+# its image's class token instead of BOS.
+IMAGE_CLASSES: dict[str, int] = {
+    "fashion_mnist": fashion_mnist.NUM_CLASSES,
+}
 
 
 def image_seq_len(name: str) -> int | None:
@@ -114,7 +119,8 @@ def load_split(config_data, split: str, tokenizer) -> np.ndarray:
 
   Text: each document as BOS + text + EOS (a ByteTokenizer's bytes). Images:
   each image as BOS + its rows * cols pixel ids in raster order (a
-  PixelTokenizer's), so num_tokens = num_images * (1 + rows * cols).
+  PixelTokenizer's), so num_tokens = num_images * (1 + rows * cols); a
+  tokenizer with class tokens puts the image's class token in BOS's place.
 
   Documents come in the order TFDS stored them, fixed by their keys, so the
   stream is the same on every call and every host. Stored bytes that are not
@@ -132,9 +138,13 @@ def load_split(config_data, split: str, tokenizer) -> np.ndarray:
         f"{', '.join(builder.info.splits)}."
     )
   if config_data.name in IMAGE_SHAPES:
-    images, _ = fashion_mnist.load_images(builder, split)
-    return np.concatenate([tokenizer.encode(image, add_bos=True) for image in images],
-                          dtype=np.int32)
+    images, labels = fashion_mnist.load_images(builder, split)
+    if hasattr(tokenizer, "encode_images"):  # FSQ codes: one batched encoder pass.
+      return tokenizer.encode_images(images, labels if tokenizer.num_classes else None).reshape(-1)
+    if not tokenizer.num_classes:
+      labels = [None] * len(images)
+    return np.concatenate([tokenizer.encode(image, add_bos=True, label=label)
+                           for image, label in zip(images, labels)], dtype=np.int32)
   source = builder.as_data_source(split=split)
   docs = [
       tokenizer.encode(source[i]["text"].decode("utf-8", errors="replace"),
@@ -151,12 +161,12 @@ def check_tokenizer(name: str, tokenizer) -> None:
   Raises:
     ValueError: a mismatch, naming the fix.
   """
-  pixels = getattr(tokenizer, "unit", "byte") == "dim"
+  pixels = getattr(tokenizer, "unit", "byte") in ("dim", "code")  # Pixels or FSQ codes.
   shape = IMAGE_SHAPES.get(name)
   if shape is None and pixels:
     raise ValueError(
-        f"data.name={name!r} holds text, but the tokenizer is a PixelTokenizer, which "
-        f"encodes images ({', '.join(IMAGE_SHAPES)}); use a ByteTokenizer "
+        f"data.name={name!r} holds text, but the tokenizer is a {type(tokenizer).__name__}, "
+        f"which encodes images ({', '.join(IMAGE_SHAPES)}); use a ByteTokenizer "
         "(make_tokenizer(config) picks the right one), e.g. configs/shakespeare.py.")
   if shape is not None and not pixels:
     raise ValueError(
@@ -165,5 +175,5 @@ def check_tokenizer(name: str, tokenizer) -> None:
         "picks the right one), e.g. configs/fashion_mnist.py.")
   if shape is not None and tuple(tokenizer.image_shape) != tuple(shape):
     raise ValueError(
-        f"data.name={name!r} holds {shape[0]}x{shape[1]} images, but the PixelTokenizer "
+        f"data.name={name!r} holds {shape[0]}x{shape[1]} images, but the {type(tokenizer).__name__} "
         f"encodes {tokenizer.image_shape}; build it with image_shape={shape}.")

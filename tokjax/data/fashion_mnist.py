@@ -58,6 +58,7 @@ FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 IMAGES_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions.
 LABELS_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension.
 IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10  # T-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

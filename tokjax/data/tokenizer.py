@@ -158,12 +158,17 @@ class PixelTokenizer(SymbolTokenizer):
   to the middle value of its bin (rounded down). As in PixelCNN-style image
   models ("Pixel Recurrent Neural Networks", van den Oord et al. 2016), each
   pixel is one categorical token and likelihoods are in bits per dimension.
-  An image is encoded as BOS + its pixels; EOS never occurs in image data.
+  An image is encoded as BOS + its pixels, or, with `num_classes` > 0 and a
+  label, as its class token `<class_c>` + its pixels (the class token takes
+  BOS's place, as the class condition of MaskGIT, Chang et al. 2022, Sec. 3.2);
+  EOS never occurs in image data.
 
   Attributes (besides `SymbolTokenizer`'s; num_bytes = levels, unit 'dim'):
     levels: grey levels, the number of pixel ids.
     image_shape: (rows, cols) of every image.
     num_pixels: rows * cols, the pixel ids per image.
+    num_classes: class tokens `<class_0>` ... (0: unlabelled windows).
+    class_ids: their ids, class c at class_ids[c] (consecutive).
 
   Raises:
     ValueError: levels not an integer in [2, 256], or a bad image_shape.
@@ -173,7 +178,7 @@ class PixelTokenizer(SymbolTokenizer):
 
   def __init__(self, levels: int = DEFAULT_PIXEL_LEVELS,
                extra_special_tokens: tuple[str, ...] = (),
-               image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE):
+               image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE, num_classes: int = 0):
     if isinstance(levels, bool) or int(levels) != levels or not 2 <= levels <= 256:
       raise ValueError(
           f"levels={levels!r} must be an integer in [2, 256] (grey levels per "
@@ -182,7 +187,12 @@ class PixelTokenizer(SymbolTokenizer):
     image_shape = tuple(int(n) for n in image_shape)
     if len(image_shape) != 2 or min(image_shape) < 1:
       raise ValueError(f"image_shape={image_shape} must be (rows, cols), both >= 1.")
-    super().__init__(int(levels), extra_special_tokens)
+    if int(num_classes) != num_classes or num_classes < 0:
+      raise ValueError(f"num_classes={num_classes!r} must be an integer >= 0.")
+    classes = tuple(f"<class_{c}>" for c in range(int(num_classes)))
+    super().__init__(int(levels), tuple(extra_special_tokens) + classes)
+    self.num_classes = int(num_classes)
+    self.class_ids = tuple(self.special_tokens[name] for name in classes)
     self.levels = int(levels)
     self.image_shape = image_shape
     self.num_pixels = image_shape[0] * image_shape[1]
@@ -191,8 +201,13 @@ class PixelTokenizer(SymbolTokenizer):
     high = -(-(ids + 1) * 256 // self.levels) - 1
     self._centres = ((low + high) // 2).astype(np.uint8)
 
+  @property
+  def tokens_per_image(self) -> int:
+    """Data tokens per image, num_pixels: a window is 1 + this many tokens."""
+    return self.num_pixels
+
   def _framing_ids(self) -> tuple[int, ...]:
-    return (self.bos_id,)
+    return (self.bos_id, *self.class_ids)
 
   @property
   def non_target_ids(self) -> tuple[int, ...]:
@@ -201,13 +216,15 @@ class PixelTokenizer(SymbolTokenizer):
     return tuple(self.special_tokens.values())
 
   def encode(
-      self, image, add_bos: bool = False, add_eos: bool = False
+      self, image, add_bos: bool = False, add_eos: bool = False, label: int | None = None
   ) -> np.ndarray:
     """Returns int32[num_pixels (+1 per BOS / EOS)]: image uint8[rows, cols] in
-    raster order (row by row), each pixel as its grey-level id.
+    raster order (row by row), each pixel as its grey-level id. With add_bos
+    and a `label`, the first token is the class token class_ids[label].
 
     Raises:
-      ValueError: an image that is not uint8[rows, cols] of `image_shape`.
+      ValueError: an image that is not uint8[rows, cols] of `image_shape`, or
+        a label outside [0, num_classes).
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 2 or image.shape != self.image_shape:
@@ -216,8 +233,23 @@ class PixelTokenizer(SymbolTokenizer):
           f"{image.dtype}{list(image.shape)}. Encode each image separately and "
           "convert it first, e.g. image.astype(np.uint8) for values in [0, 255]."
       )
-    ids = image.reshape(-1).astype(np.int32) * self.levels // 256
-    return self._framed(ids, add_bos, add_eos)
+    ids = self._framed(image.reshape(-1).astype(np.int32) * self.levels // 256, add_bos, add_eos)
+    if add_bos and label is not None:
+      ids[0] = self.class_id(label)
+    return ids
+
+  def class_id(self, label: int) -> int:
+    """The id of class token `<class_label>`.
+
+    Raises:
+      ValueError: a label outside [0, num_classes), naming data.class_token.
+    """
+    if not 0 <= int(label) < self.num_classes:
+      raise ValueError(
+          f"label={label} is outside [0, {self.num_classes}); this tokenizer has "
+          f"{self.num_classes} class tokens (set --config.data.class_token=True for labelled "
+          "windows).")
+    return self.class_ids[int(label)]
 
   def decode(self, ids) -> np.ndarray:
     """Returns the image uint8[rows, cols] of int[num_tokens] ids.

@@ -6,7 +6,8 @@ section `config.<name>` is built from its dataclass defaults
 """
 from __future__ import annotations
 
-from tokjax.data import DEFAULT_PIXEL_LEVELS, IMAGE_SHAPES, ByteTokenizer, PixelTokenizer
+from tokjax.data import (DEFAULT_PIXEL_LEVELS, IMAGE_CLASSES, IMAGE_SHAPES, ByteTokenizer,
+                         PixelTokenizer)
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.cm3 import CM3
@@ -45,19 +46,33 @@ def objective_class(config) -> type[Objective]:
 def make_tokenizer(config) -> ByteTokenizer | PixelTokenizer:
   """The dataset's tokenizer plus the special tokens (e.g. sentinels) the objective needs.
 
-  A PixelTokenizer with `config.data.pixel_levels` grey levels (default 256)
-  for an image dataset (`tokjax.data.IMAGE_SHAPES`), else the ByteTokenizer.
+  For an image dataset (`tokjax.data.IMAGE_SHAPES`): a PixelTokenizer with
+  `config.data.pixel_levels` grey levels (default 256), or with
+  `config.data.tokens='fsq'` the FSQTokenizer of the FSQ run in
+  `config.data.tokenizer_workdir`; either with the dataset's class tokens when
+  `config.data.class_token` is set. Else the ByteTokenizer.
 
   Raises:
-    ValueError: an unknown objective name, or pixel_levels outside [2, 256].
+    ValueError: an unknown objective name, pixel_levels outside [2, 256], or
+      tokens='fsq' without a tokenizer_workdir.
+    FileNotFoundError: a tokenizer_workdir without an FSQ checkpoint.
   """
   cls = objective_class(config)
   extra = cls.extra_special_tokens(_section(cls, config))
   shape = IMAGE_SHAPES.get(config.data.name)
   if shape is None:
     return ByteTokenizer(extra)
+  classes = IMAGE_CLASSES[config.data.name] if config.data.get("class_token", False) else 0
+  if config.data.get("tokens", "pixels") == "fsq":
+    if not config.data.get("tokenizer_workdir", ""):
+      raise ValueError(
+          "data.tokens='fsq' reads the codes of a trained FSQ tokenizer: set "
+          "--config.data.tokenizer_workdir=DIR, the workdir of a "
+          "configs/fashion_mnist.py:objective=fsq run.")
+    from tokjax.fsq_tokenizer import FSQTokenizer  # Restores a run: imported only here.
+    return FSQTokenizer.from_workdir(config.data.tokenizer_workdir, extra, classes)
   levels = config.data.get("pixel_levels", DEFAULT_PIXEL_LEVELS)
-  return PixelTokenizer(levels, extra, image_shape=shape)
+  return PixelTokenizer(levels, extra, image_shape=shape, num_classes=classes)
 
 
 def make_objective(config, tokenizer) -> Objective:

@@ -164,10 +164,12 @@ class Objective:
   def tokenizer_fields(cls, tokenizer, section) -> dict[str, Any]:
     """{field: value} of the `from_tokenizer` fields, for this tokenizer and config section.
 
-    Here those that name a tokenizer attribute; subclasses add the others.
+    Here those that name a tokenizer attribute (the field's default where the
+    tokenizer lacks it, e.g. image fields of a text tokenizer, which the
+    objective's own checks then reject); subclasses add the others.
     """
     del section
-    return {f.name: getattr(tokenizer, f.metadata[FROM_TOKENIZER])
+    return {f.name: getattr(tokenizer, f.metadata[FROM_TOKENIZER], f.default)
             for f in dataclasses.fields(cls) if f.metadata.get(FROM_TOKENIZER)}
 
   @classmethod
@@ -213,6 +215,15 @@ class Objective:
     """The filled sequence from one sampled row int32[length] of `infill_prompt`'s prompt."""
     del pieces, prompt
     return generated
+
+  def pictures(self, model: Any, tokens: jax.Array, rng: jax.Array) -> dict[str, np.ndarray]:
+    """Panels that show what the model does to the images in windows `tokens`,
+    for an image objective without a sampler: {panel name: uint8[batch, rows,
+    cols]}, e.g. MAE's 'original', 'masked' and 'reconstructed'. The base
+    class has none; `tokjax.generation.write_pictures` draws them as a grid.
+    """
+    del model, tokens, rng
+    return {}
 
   def pick_sampler(self, name: str = "") -> str:
     """`name` if it fits this objective, else (for '') the default; '' if there is none.

@@ -50,6 +50,9 @@ class SamplingSpec:
     noise_schedule: the masking schedule alpha_t (None: not masked diffusion).
     time_conditioning: whether the network takes the diffusion time t.
     prefix_attention: whether a prompt is a bidirectional prefix (prefix LM).
+    null_id: the token that replaces a window's first token (its class
+      token) for the unconditional logits of classifier-free guidance; -1
+      when the model was not trained with class dropout.
   """
 
   mask_id: int = -1
@@ -57,6 +60,7 @@ class SamplingSpec:
   noise_schedule: MaskingSchedule | None = None
   time_conditioning: bool = False
   prefix_attention: bool = False
+  null_id: int = -1
 
 
 def forbid(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:

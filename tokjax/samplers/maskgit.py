@@ -13,6 +13,9 @@ let N_0 be each row's masked count. At step k = 0, ..., K - 1:
    masked and commit the rest, with n_k clipped so that each step commits at
    least one token and the last step commits all.
 
+With guidance_scale w != 0 the logits of step 1 are classifier-free guided
+on the class token (`denoise.guided_logits`; class-conditional runs only).
+
 gamma(r) = 1 - alpha_{1 - r} is the masked fraction of the objective's
 `MaskingSchedule` (the cosine schedule gives MaskGIT's cos(pi r / 2)), so the
 sampler unmasks on the schedule the model was trained with. Committed and
@@ -32,11 +35,11 @@ from tokjax.masking import lowest
 from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, run_loop, run_sampler
 from tokjax.samplers.categorical import sample_categorical
 from tokjax.samplers.denoise import bind as bind  # Binds as every masked sampler does.
-from tokjax.samplers.denoise import denoiser_logits, masked_canvas, validate
+from tokjax.samplers.denoise import check_guidance, guided_logits, masked_canvas, validate
 
 
 # The user's settings, `config.sampler.maskgit`; their defaults are `sample`'s.
-SETTINGS = ("num_steps", "temperature", "choice_temperature")
+SETTINGS = ("num_steps", "temperature", "choice_temperature", "guidance_scale")
 
 
 @struct.dataclass
@@ -65,6 +68,7 @@ class MaskGITSettings(NamedTuple):
   temperature: float
   choice_temperature: float
   precision: str
+  guidance_scale: float
 
 
 def sample(
@@ -79,6 +83,7 @@ def sample(
     temperature: float = 1.0,
     choice_temperature: float = 4.5,
     precision: str = "float32",
+    guidance_scale: float = 0.0,
     debug: bool = False,
     on_step: Callable[[MaskGITState], None] | None = None,
 ) -> SampleOutput:
@@ -97,6 +102,8 @@ def sample(
     temperature, precision: of the token draws, see `categorical.sample_categorical`.
     choice_temperature: scale of the Gumbel noise on confidences at step 0
       (4.5 in the MaskGIT reference); it decays linearly to 0.
+    guidance_scale: classifier-free guidance weight w on the class token
+      prompt[:, 0] (0: none); needs a model trained with class dropout.
     debug: run `step` in a Python loop instead of `jax.lax.while_loop` in `jax.jit`.
     on_step: with debug=True, called with the `MaskGITState` after every step.
 
@@ -110,7 +117,9 @@ def sample(
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   validate(fns, prompt, seq_len=seq_len, spec=spec, num_steps=num_steps)
-  settings = MaskGITSettings(spec, seq_len, num_steps, temperature, choice_temperature, precision)
+  check_guidance(spec, guidance_scale)
+  settings = MaskGITSettings(spec, seq_len, num_steps, temperature, choice_temperature, precision,
+                             guidance_scale)
   return run_sampler(_generate, fns, settings, params, prompt, rng, debug=debug, on_step=on_step)
 
 
@@ -147,7 +156,7 @@ def make_step(fns: ModelFns, settings: MaskGITSettings, params) -> Callable[[Mas
   def step(state: MaskGITState) -> MaskGITState:
     rng, draw_key, gumbel_key = jax.random.split(state.rng, 3)
     t = 1.0 - state.step.astype(jnp.float32) / settings.num_steps
-    logits = denoiser_logits(fns, settings.spec, params, state.z, t)
+    logits = guided_logits(fns, settings.spec, params, state.z, t, settings.guidance_scale)
     draw = sample_categorical(draw_key, logits, temperature=settings.temperature,
                               precision=settings.precision)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / max(settings.temperature, 1e-6))
