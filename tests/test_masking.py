@@ -192,3 +192,27 @@ def test_bad_policy_and_options_are_clear_errors():
     _mlm(max_ngram=0)
   with pytest.raises(ValueError, match="mask_id"):
     MLM(pad_id=PAD, num_bytes=256)
+
+
+def _adjacent_pairs(mask):
+  """Mean count of masked horizontal or vertical neighbour pairs per 7 x 7 grid."""
+  grid = mask.reshape(-1, 7, 7)
+  return ((grid[:, 1:] & grid[:, :-1]).sum() + (grid[:, :, 1:] & grid[:, :, :-1]).sum()) / len(grid)
+
+
+def test_patch_masks_have_a_static_count_and_block_masks_are_blocks():
+  """BEiT's block-wise masking (at its 40%) masks as many patches as random
+  masking, with far more masked neighbour pairs; neither ever varies the count."""
+  rng = jax.random.key(1)
+  block = np.asarray(jax.jit(masking.block_patch_mask, static_argnums=(1, 2, 3))(
+      rng, 256, (7, 7), 20))
+  uniform = np.asarray(masking.random_patch_mask(rng, 256, (7, 7), 20))
+  assert block.shape == uniform.shape == (256, 49)
+  assert (block.sum(-1) == 20).all() and (uniform.sum(-1) == 20).all()
+  assert len({row.tobytes() for row in block}) > 200  # One 4 x 5 block may recur.
+  assert _adjacent_pairs(block) > 1.5 * _adjacent_pairs(uniform)
+  assert not np.asarray(masking.random_patch_mask(rng, 4, (7, 7), 0)).any()
+  with pytest.raises(ValueError, match=r"num_masked=50 must lie in \[0, 49\]"):
+    masking.block_patch_mask(rng, 4, (7, 7), 50)
+  with pytest.raises(ValueError, match="Unknown patch masking_policy 'grid'"):
+    masking.get_patch_policy("grid")

@@ -10,6 +10,7 @@ import pytest
 from tokjax.config import base_config
 from tokjax.objectives import REGISTRY, make_objective, make_tokenizer
 from tokjax.objectives.causal import Causal
+from tokjax.objectives.images import ImageWindows
 from tokjax.objectives.md4 import MD4, stratified_times
 from tokjax.objectives.mixture import Mixture
 from tokjax.schedules import MaskingSchedule, get_schedule
@@ -348,6 +349,8 @@ def _built_from_defaults(cls, config, tokenizer):
 def test_config_section_round_trips_the_dataclass_defaults(name):
   config = base_config()
   config.objective = name
+  if issubclass(REGISTRY[name], ImageWindows):  # Pixel-value objectives need image data.
+    config.data.name, config.data.class_token = "fashion_mnist", True
   tokenizer = make_tokenizer(config)
   expected = _built_from_defaults(REGISTRY[name], config, tokenizer)
   assert make_objective(config, tokenizer) == expected

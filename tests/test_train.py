@@ -3,11 +3,15 @@ import jax
 import numpy as np
 import pytest
 
-from tiny import tiny_config
+import os
+
+from tiny import ROOT, tiny_config
+from tokjax.config import load_config_file
 from tokjax import sharding
 from tokjax.data import load_split, to_global
 from tokjax.experiment import Experiment
 from tokjax.objectives import REGISTRY
+from tokjax.objectives.images import ImageWindows
 from tokjax.trainer import make_train_step
 
 
@@ -19,7 +23,13 @@ def data_dir(tmp_path_factory):
 def _two_step_losses(config):
   exp = Experiment.create(config)
   step = make_train_step(exp)
-  tokens = load_split(config.data, "train", exp.tokenizer)[: 2 * 8 * 32].reshape(2, 8, 32)
+  if config.data.name == "fashion_mnist":  # Random images with class tokens, no data needed.
+    tok, rng = exp.tokenizer, np.random.default_rng(0)
+    tokens = np.stack([tok.encode(rng.integers(0, 256, (28, 28), np.uint8), add_bos=True,
+                                  label=i % 10 if tok.num_classes else None)
+                       for i in range(16)]).reshape(2, 8, -1)
+  else:
+    tokens = load_split(config.data, "train", exp.tokenizer)[: 2 * 8 * 32].reshape(2, 8, 32)
   state, losses = exp.init_state(), []
   for batch in tokens:
     state, metrics = step(state, to_global(batch, exp.batch_sharding))
@@ -40,11 +50,21 @@ def test_sharded_steps_match_single_device(data_dir):
   assert results["1"][1] < results["1"][0] + 0.5  # A real update happened and it is sane.
 
 
+def _config(data_dir, objective, mesh="dp"):
+  """The tiny text config, or for objectives that see pixel values configs/fashion_mnist.py's."""
+  if not issubclass(REGISTRY[objective], ImageWindows):
+    return tiny_config(data_dir, objective=objective, mesh=mesh)
+  config = load_config_file(os.path.join(ROOT, "configs", "fashion_mnist.py"),
+                            f"objective={objective},size=tiny,mesh={mesh}")
+  config.batch_size = 8
+  return config
+
+
 @pytest.mark.parametrize("objective", sorted(set(REGISTRY) - {"causal"}))
 def test_each_objective_steps_on_the_2x2x2_mesh(data_dir, objective):
-  single = tiny_config(data_dir, objective=objective)
+  single = _config(data_dir, objective)
   single.mesh.shape = (1,)
-  sharded = tiny_config(data_dir, objective=objective, mesh="fsdp_tp")
+  sharded = _config(data_dir, objective, mesh="fsdp_tp")
   sharded.mesh.shape = (2, 2, 2)
   reference = _two_step_losses(single)
   assert np.isfinite(reference).all()

@@ -8,6 +8,7 @@ the model, objective, tokenizer or optimizer shape fails with a clear error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import grain
@@ -26,14 +27,16 @@ def signature(config: dict) -> dict:
 
   config.model enters without RUNTIME_MODEL_KEYS, and a model setting that the
   config lacks (a checkpoint written before the setting existed) counts as its
-  TransformerConfig default.
+  TransformerConfig default. Values are as JSON stores them (a tuple setting
+  such as fsq.code_levels compares as the list a saved config holds).
   """
   keys = ("objective", "seq_len", "batch_size", "data", config["objective"])
   defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)
               if f.default is not dataclasses.MISSING}
   model = {**defaults, **(config.get("model") or {})}
-  return {"model": {k: v for k, v in model.items() if k not in RUNTIME_MODEL_KEYS},
-          **{k: config.get(k) for k in keys}}
+  return json.loads(json.dumps({
+      "model": {k: v for k, v in model.items() if k not in RUNTIME_MODEL_KEYS},
+      **{k: config.get(k) for k in keys}}))
 
 
 class Checkpointer:

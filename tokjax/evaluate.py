@@ -2,8 +2,13 @@
 
   python -m tokjax.evaluate --workdir DIR [--split validation|test] [--max_batches N]
   python -m tokjax.evaluate --workdir DIR --samples [--judge CAUSAL_WORKDIR]
+  python -m tokjax.evaluate --workdir IMAGE_RUN --samples --classifier CLASSIFIER_WORKDIR \
+      [--num_images 10000] [--split test]
+  python -m tokjax.evaluate --workdir MAE_RUN --probe [--split test]
 
-Prints the report and writes it as JSON to WORKDIR/eval_SPLIT.json. Under
+Prints the report and writes it as JSON to WORKDIR/eval_SPLIT.json (samples:
+eval_samples.json; an image run judged by a classifier: eval_images.json; a
+linear probe: eval_probe.json). Under
 `launch/local_multiprocess.sh N evaluate ...` every process scores its share of
 each batch and process 0 alone prints and writes.
 """
@@ -13,7 +18,7 @@ import os
 import jax
 from absl import app, flags
 
-from tokjax import evaluation, runtime, sample_quality
+from tokjax import evaluation, image_quality, probe, runtime, sample_quality
 from tokjax.data import load_split
 from tokjax.restore import load_run
 
@@ -24,6 +29,14 @@ flags.DEFINE_bool("samples", False, "Score samples instead: generative perplexit
                   "--judge and unigram entropy, written to WORKDIR/eval_samples.json.")
 flags.DEFINE_string("judge", None, "Workdir of the run that judges samples (exact likelihood, "
                     "e.g. causal); default: the run itself.")
+flags.DEFINE_string("classifier", None, "Image runs: the workdir of a configs/fashion_mnist.py:"
+                    "objective=classifier run whose features give FID-FMNIST and class accuracy "
+                    "of --num_images samples against --split (needs --samples).")
+flags.DEFINE_integer("num_images", 10000, "Images generated and taken from --split for FID-FMNIST.")
+flags.DEFINE_bool("probe", False, "MAE runs: linear-probe accuracy of the frozen encoder on "
+                  "--split (trained on --probe_train_images training images), beside a probe on "
+                  "raw pixels and on the encoder at initialisation; eval_probe.json.")
+flags.DEFINE_integer("probe_train_images", 10000, "Training images the linear probe fits.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -33,6 +46,21 @@ def main(argv):
   runtime.initialize()
   f = flags.FLAGS
   exp, params, step = load_run(f.workdir)
+  if f.probe:
+    train_images, train_labels = image_quality.real_images(exp.config.data, "train")
+    n = f.probe_train_images
+    _write(f.workdir, "eval_probe.json", probe.format_report, dict(
+        probe.report(exp, params, train_images[:n], train_labels[:n],
+                     *image_quality.real_images(exp.config.data, f.split)),
+        step=step, split=f.split, probe_train_images=n))
+    return
+  if f.samples and f.classifier:
+    classifier, classifier_params, classifier_step = load_run(f.classifier)
+    _write(f.workdir, "eval_images.json", image_quality.format_report, dict(
+        image_quality.report(exp, params, classifier, classifier_params,
+                             num_images=f.num_images, split=f.split, seed=exp.config.sampler.seed),
+        step=step, classifier=f.classifier, classifier_step=classifier_step))
+    return
   if f.samples:
     judge, judge_params, judge_step = load_run(f.judge) if f.judge else (exp, params, step)
     _write(f.workdir, "eval_samples.json", sample_quality.format_report, dict(

@@ -236,3 +236,151 @@ def get_policy(name: str) -> Callable[..., jax.Array]:
         f"Unknown masking_policy {name!r}; use one of {', '.join(MASKING_POLICIES)}."
     )
   return MASKING_POLICIES[name]
+
+
+# Patch masking for images (MAE and friends). These policies pick patches of a
+# rows x cols grid rather than tokens of a window, so they have their own
+# signature, `(rng, batch_size, grid, num_masked) -> bool[batch, rows * cols]`
+# (raster order, True = masked), and mask exactly `num_masked` patches per
+# image, so the visible count is static.
+
+
+def check_patch_count(num_masked: int, num_patches: int) -> None:
+  """Raises ValueError unless 0 <= num_masked <= num_patches."""
+  if not 0 <= num_masked <= num_patches:
+    raise ValueError(f"num_masked={num_masked} must lie in [0, {num_patches}] (the patches).")
+
+
+def random_patch_mask(rng, batch_size: int, grid: tuple[int, int], num_masked: int) -> jax.Array:
+  """Masks num_masked patches per image uniformly at random (MAE, He et al. 2022, Sec. 3,
+  "Masking": the lowest num_masked of per-patch uniform noise, as in its reference code).
+
+  Args:
+    rng: a PRNG key.
+    batch_size: images.
+    grid: (rows, cols) of patches.
+    num_masked: patches masked in every image, in [0, rows * cols].
+
+  Returns:
+    bool[batch_size, rows * cols], True = masked, exactly num_masked per row.
+  """
+  num_patches = grid[0] * grid[1]
+  check_patch_count(num_masked, num_patches)
+  noise = jax.random.uniform(rng, (batch_size, num_patches))
+  return lowest(noise, jnp.full((batch_size,), num_masked, jnp.int32))
+
+
+def block_patch_mask(rng, batch_size: int, grid: tuple[int, int], num_masked: int, *,
+                     min_patches: int | None = None, min_aspect: float = 0.3,
+                     attempts: int | None = None) -> jax.Array:
+  """BEiT's block-wise masking with a static count ("BEiT: BERT Pre-Training of
+  Image Transformers", Bao et al. 2022, Sec. 2.3, Algorithm 1).
+
+  Per image, as Algorithm 1 and BEiT's code: repeatedly draw a block size s
+  ~ U(min_patches, remaining) (remaining = num_masked - masked so far), an
+  aspect ratio r log-uniform in [min_aspect, 1 / min_aspect], a block of
+  round(sqrt(s r)) x round(sqrt(s / r)) patches (smaller than the grid on
+  both sides) at a uniform position, and add it when it masks between 1 and
+  `remaining` new patches. Here the draws are a fixed number of `attempts`
+  (a scan, so shapes are static); then, unlike the paper, where the count
+  may end below its target, the mask is topped up to exactly num_masked with
+  random unmasked patches that touch the mask (4-neighbours) first, then any
+  others, so every image has the same visible count.
+
+  Args:
+    rng: a PRNG key.
+    batch_size: images.
+    grid: (rows, cols) of patches.
+    num_masked: patches masked in every image, in [0, rows * cols].
+    min_patches: smallest block, in patches; default 16 / 196 of the grid
+      (BEiT's 16 on its 14 x 14 grid), at least 1.
+    min_aspect: smallest aspect ratio, in (0, 1] (BEiT: 0.3).
+    attempts: block draws per image; default 10 per block of min_patches
+      needed (BEiT retries a failed draw up to 10 times).
+
+  Returns:
+    bool[batch_size, rows * cols], True = masked, exactly num_masked per row.
+
+  Raises:
+    ValueError: num_masked outside [0, rows * cols], min_patches < 1 or
+      min_aspect outside (0, 1].
+  """
+  rows, cols = grid
+  num_patches = rows * cols
+  check_patch_count(num_masked, num_patches)
+  if min_patches is None:
+    min_patches = max(1, round(16 * num_patches / 196))
+  if min_patches < 1:
+    raise ValueError(f"min_patches={min_patches} must be >= 1 (BEiT: 16 of 196 patches).")
+  if not 0.0 < min_aspect <= 1.0:
+    raise ValueError(f"min_aspect={min_aspect} must lie in (0, 1] (BEiT: 0.3).")
+  if attempts is None:
+    attempts = 10 * max(1, -(-num_masked // min_patches))
+  block_rng, fill_rng = jax.random.split(rng)
+  draws = jax.random.uniform(block_rng, (batch_size, attempts, 4))
+  blocks = jax.vmap(lambda u: _draw_blocks(u, rows, cols, num_masked, min_patches,
+                                           min_aspect))(draws)
+  return _top_up(fill_rng, blocks, num_masked, rows, cols)
+
+
+def _draw_blocks(draws, rows, cols, num_masked, min_patches, min_aspect):
+  """bool[rows * cols]: one image's blocks from float32[attempts, 4] uniforms
+  (size, aspect, top, left per attempt); see `block_patch_mask`."""
+  r, c = jnp.arange(rows)[:, None], jnp.arange(cols)[None, :]
+  log_lo, log_hi = np.log(min_aspect), -np.log(min_aspect)
+
+  def attempt(mask, u):
+    remaining = num_masked - mask.sum()
+    # U(min_patches, remaining), in either order, as BEiT's code draws it.
+    area = min_patches + u[0] * (remaining - min_patches)
+    aspect = jnp.exp(log_lo + u[1] * (log_hi - log_lo))
+    h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+    w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    top = jnp.floor(u[2] * (rows - h + 1)).astype(jnp.int32)
+    left = jnp.floor(u[3] * (cols - w + 1)).astype(jnp.int32)
+    block = (r >= top) & (r < top + h) & (c >= left) & (c < left + w)
+    new = (block & ~mask).sum()
+    fits = (h >= 1) & (w >= 1) & (h < rows) & (w < cols)
+    accept = fits & (new > 0) & (new <= remaining)
+    return jnp.where(accept, mask | block, mask), None
+
+  mask, _ = jax.lax.scan(attempt, jnp.zeros((rows, cols), bool), draws)
+  return mask.reshape(-1)
+
+
+def _top_up(rng, mask, num_masked, rows, cols):
+  """bool[batch, rows * cols]: `mask` (at most num_masked per row) plus random
+  unmasked patches, those with a masked 4-neighbour first, up to exactly
+  num_masked per row."""
+  near = _neighbours(mask, rows, cols)
+  scores = jax.random.uniform(rng, mask.shape) + jnp.where(near, 0.0, 1.0)
+  scores = jnp.where(mask, 3.0, scores)  # Masked patches sort last: never chosen again.
+  missing = num_masked - mask.sum(-1)
+  return mask | lowest(scores, missing)
+
+
+def _neighbours(mask, rows, cols):
+  """bool[batch, rows * cols]: patches with a masked 4-neighbour."""
+  grid = mask.reshape(-1, rows, cols)
+  pad = jnp.pad(grid, ((0, 0), (1, 1), (1, 1)))
+  near = pad[:, :-2, 1:-1] | pad[:, 2:, 1:-1] | pad[:, 1:-1, :-2] | pad[:, 1:-1, 2:]
+  return near.reshape(mask.shape)
+
+
+PATCH_MASKING_POLICIES: dict[str, Callable[..., jax.Array]] = {
+    "random": random_patch_mask,
+    "block": block_patch_mask,
+}
+
+
+def get_patch_policy(name: str) -> Callable[..., jax.Array]:
+  """Returns the patch mask sampler called `name` ('random' or 'block').
+
+  Raises:
+    ValueError: an unknown name, listing the known ones.
+  """
+  if name not in PATCH_MASKING_POLICIES:
+    raise ValueError(f"Unknown patch masking_policy {name!r}; use one of "
+                     f"{', '.join(PATCH_MASKING_POLICIES)} "
+                     "(e.g. --config.mae.masking_policy=block).")
+  return PATCH_MASKING_POLICIES[name]

@@ -71,9 +71,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   exp = Experiment.create(config)
   config_dict = config.to_dict()
   clock.lap("experiment")
-  # MFU's numerator and denominator; only process 0 writes metrics.
-  flops = model_flops_per_token(config, exp.abstract_state["params"])
-  peak, peak_source = (None, "") if jax.process_index() else peak_flops(config.model.dtype)
+  # MFU's numerator and denominator; only process 0 writes metrics. No MFU
+  # for models that are not the transformer over the window's tokens.
+  flops = (model_flops_per_token(config, exp.abstract_state["params"])
+           if exp.objective.transformer_flops else None)
+  peak, peak_source = ((None, "") if jax.process_index() or flops is None
+                       else peak_flops(config.model.dtype))
   clock.lap("peak")
 
   # Phase 2: data.

@@ -10,9 +10,12 @@ from tokjax.data import (DEFAULT_PIXEL_LEVELS, IMAGE_CLASSES, IMAGE_SHAPES, Byte
                          PixelTokenizer)
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
+from tokjax.objectives.classifier import Classifier
 from tokjax.objectives.cm3 import CM3
 from tokjax.objectives.electra import Electra
 from tokjax.objectives.fim import FIM
+from tokjax.objectives.fsq import FSQ
+from tokjax.objectives.mae import MAE
 from tokjax.objectives.maskgit import MaskGIT
 from tokjax.objectives.md4 import MD4
 from tokjax.objectives.meap import MEAP
@@ -23,8 +26,9 @@ from tokjax.objectives.prefix_lm import PrefixLM
 from tokjax.objectives.span_corruption import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
-    "causal": Causal, "cm3": CM3, "electra": Electra, "fim": FIM, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP,
-    "mixture": Mixture, "mlm": MLM, "multi_token": MultiToken, "prefix_lm": PrefixLM,
+    "causal": Causal, "classifier": Classifier, "cm3": CM3, "electra": Electra, "fim": FIM,
+    "fsq": FSQ, "mae": MAE, "maskgit": MaskGIT, "md4": MD4, "meap": MEAP, "mixture": Mixture,
+    "mlm": MLM, "multi_token": MultiToken, "prefix_lm": PrefixLM,
     "span_corruption": SpanCorruption,
 }
 

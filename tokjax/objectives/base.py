@@ -130,10 +130,15 @@ class Objective:
     samplers: the registered samplers that fit this objective; the first is
       its default, and () means none yet.
     eval_samples: draws per sequence when evaluating a stochastic figure.
+    transformer_flops: whether MFU's transformer FLOPs count applies (class attribute).
   """
 
   pad_id: int = from_tokenizer("pad_id")
   num_bytes: int = from_tokenizer("num_bytes")
+
+  # Whether the model is the transformer over each window's tokens, so that
+  # MFU's 6N + 12LdT FLOPs per token (tokjax.metrics) apply to the run.
+  transformer_flops = True
 
   name: str = dataclasses.field(default="", init=False)
   attention: str = dataclasses.field(default="causal", init=False)

@@ -28,6 +28,10 @@ class ImageWindows:
       class tokens (`config.data.class_token`).
   """
 
+  # Their models see patches or convolutions, not a transformer over each
+  # window's 785 tokens: runs log tokens/s (pixels + 1 per image), no MFU.
+  transformer_flops = False
+
   levels: int = from_tokenizer("levels", 0)
   image_shape: tuple[int, int] = from_tokenizer("image_shape", ())
   class_ids: tuple[int, ...] = from_tokenizer("class_ids", ())
