@@ -274,6 +274,10 @@ def test_maskgit_on_fsq_codes_samples_each_class_and_is_judged(train_image):
   report = json.load(open(os.path.join(workdir, "eval_images.json")))
   assert report["num_generated"] == 20 and report["num_reference"] == 16
   assert report["fid_fmnist"] >= 0 and 0 <= report["class_accuracy"] <= 1
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f][-1]
+  assert logged == {"step": 4, "eval/fid_fmnist": report["fid_fmnist"],
+                    "eval/class_accuracy": report["class_accuracy"]}
 
 
 def test_mae_linear_probe_beside_its_baselines(train_image):

@@ -4,7 +4,8 @@ import pytest
 import scipy.optimize
 import scipy.special
 
-from tokjax.probe import fit_linear_probe, image_pixels, probe_accuracy, standardisation
+from tokjax.data.tokenizer import pixel_values
+from tokjax.probe import fit_linear_probe, probe_accuracy, standardisation
 
 L2 = 1e-2
 
@@ -75,5 +76,5 @@ def test_constant_features_and_bad_input():
 
 def test_image_pixels_quantise_as_the_tokenizer():
   images = np.array([[[0, 127, 255]]], np.uint8)
-  np.testing.assert_allclose(image_pixels(images, 256), [[[0, 127 / 255, 1]]])
-  np.testing.assert_allclose(image_pixels(images, 2), [[[0, 0, 1]]])
+  np.testing.assert_allclose(pixel_values(images, 256), [[[0, 127 / 255, 1]]])
+  np.testing.assert_allclose(pixel_values(images, 2), [[[0, 0, 1]]])

@@ -7,8 +7,9 @@
   python -m tokjax.evaluate --workdir MAE_RUN --probe [--split test]
 
 Prints the report and writes it as JSON to WORKDIR/eval_SPLIT.json (samples:
-eval_samples.json; an image run judged by a classifier: eval_images.json; a
-linear probe: eval_probe.json). Under
+eval_samples.json; an image run judged by a classifier: eval_images.json, whose
+FID-FMNIST and class accuracy also go to WORKDIR/metrics.jsonl at the
+checkpoint's step; a linear probe: eval_probe.json). Under
 `launch/local_multiprocess.sh N evaluate ...` every process scores its share of
 each batch and process 0 alone prints and writes.
 """
@@ -20,6 +21,7 @@ from absl import app, flags
 
 from tokjax import evaluation, image_quality, probe, runtime, sample_quality
 from tokjax.data import load_split
+from tokjax.metrics import MetricWriter
 from tokjax.restore import load_run
 
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
@@ -56,10 +58,16 @@ def main(argv):
     return
   if f.samples and f.classifier:
     classifier, classifier_params, classifier_step = load_run(f.classifier)
+    report = image_quality.report(exp, params, classifier, classifier_params,
+                                  num_images=f.num_images, split=f.split,
+                                  seed=exp.config.sampler.seed)
     _write(f.workdir, "eval_images.json", image_quality.format_report, dict(
-        image_quality.report(exp, params, classifier, classifier_params,
-                             num_images=f.num_images, split=f.split, seed=exp.config.sampler.seed),
-        step=step, classifier=f.classifier, classifier_step=classifier_step))
+        report, step=step, classifier=f.classifier, classifier_step=classifier_step))
+    # Beside the run's training curves, so `tokjax.plot` draws FID-FMNIST by step.
+    writer = MetricWriter(f.workdir)
+    writer.write(step, {f"eval/{k}": report[k] for k in ("fid_fmnist", "class_accuracy")
+                        if k in report})
+    writer.close()
     return
   if f.samples:
     judge, judge_params, judge_step = load_run(f.judge) if f.judge else (exp, params, step)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from tokjax.data.tokenizer import SymbolTokenizer
+from tokjax.data.tokenizer import ImageTokenizer, pixel_values
 
 MAX_CHUNK = 1024  # Images per jitted encoder or decoder call.
 TRAIN_COMMAND = ("python -m tokjax.train --config configs/fashion_mnist.py:objective=fsq "
@@ -62,18 +62,16 @@ def _not_fsq(objective: str, workdir: str = "") -> str:
           f"configs/fashion_mnist.py:objective=fsq run ({TRAIN_COMMAND.format('DIR')}).")
 
 
-class FSQTokenizer(SymbolTokenizer):
+class FSQTokenizer(ImageTokenizer):
   """Grey images as FSQ code indices (see module docstring).
 
-  Attributes (besides `SymbolTokenizer`'s; num_bytes = codebook_size, unit 'code'):
+  Attributes (besides `ImageTokenizer`'s; num_bytes = codebook_size, unit 'code'):
     code_levels: the FSQ levels L_i per latent channel.
     codebook_size: prod(code_levels), the number of code ids.
     pixel_levels: grey levels the fsq run saw per pixel (its data.pixel_levels).
     image_shape: (rows, cols) of the images, (28, 28).
     latent_shape: (rows / 4, cols / 4), the grid of codes per image, (7, 7).
     tokens_per_image: codes per image, 49.
-    num_classes: class tokens `<class_0>` ... (0: unlabelled windows).
-    class_ids: their ids, class c at class_ids[c] (consecutive).
 
   Build it with `from_workdir` (a trained fsq run) or `from_run`.
   """
@@ -87,13 +85,8 @@ class FSQTokenizer(SymbolTokenizer):
     Raises:
       ValueError: num_classes not an integer >= 0, or special names that repeat.
     """
-    if int(num_classes) != num_classes or num_classes < 0:
-      raise ValueError(f"num_classes={num_classes!r} must be an integer >= 0.")
     model = nnx.merge(graphdef, params)
-    classes = tuple(f"<class_{c}>" for c in range(int(num_classes)))
-    super().__init__(model.codebook_size, tuple(extra_special_tokens) + classes)
-    self.num_classes = int(num_classes)
-    self.class_ids = tuple(self.special_tokens[name] for name in classes)
+    super().__init__(model.codebook_size, extra_special_tokens, num_classes)
     self.code_levels = model.levels
     self.codebook_size = model.codebook_size
     self.pixel_levels = int(pixel_levels)
@@ -148,34 +141,6 @@ class FSQTokenizer(SymbolTokenizer):
     exp, params, _ = load_run(workdir)
     return cls.from_run(exp, params, extra_special_tokens, num_classes)
 
-  def _framing_ids(self) -> tuple[int, ...]:
-    return (self.bos_id, *self.class_ids)
-
-  @property
-  def non_target_ids(self) -> tuple[int, ...]:
-    """Every special: each window is one BOS (or class token) followed by codes
-    only, so a next-token model only ever predicts codes."""
-    return tuple(self.special_tokens.values())
-
-  def class_id(self, label: int) -> int:
-    """The id of class token `<class_label>`.
-
-    Raises:
-      ValueError: a label outside [0, num_classes), naming data.class_token.
-    """
-    if not 0 <= int(label) < self.num_classes:
-      raise ValueError(
-          f"label={label} is outside [0, {self.num_classes}); this tokenizer has "
-          f"{self.num_classes} class tokens (set --config.data.class_token=True for labelled "
-          "windows).")
-    return self.class_ids[int(label)]
-
-  def _pixels(self, images: np.ndarray) -> np.ndarray:
-    """uint8[n, rows, cols] -> float32 pixel values in [0, 1] as the fsq run saw
-    them: quantised to pixel_levels grey levels, id / (pixel_levels - 1)."""
-    ids = images.astype(np.int32) * self.pixel_levels // 256
-    return (ids / (self.pixel_levels - 1)).astype(np.float32)
-
   def _chunked(self, fn, inputs: np.ndarray) -> np.ndarray:
     """fn(params, chunk) over `inputs` (at least one row) in chunks of at most
     MAX_CHUNK rows, each padded (with its first row) to a power-of-two batch;
@@ -223,7 +188,7 @@ class FSQTokenizer(SymbolTokenizer):
       if bad.size:
         self.class_id(int(bad[0]))  # Raises, naming the fix.
       first[:, 0] = np.asarray(self.class_ids, np.int32)[labels]
-    codes = self._chunked(self._encode, self._pixels(images))
+    codes = self._chunked(self._encode, pixel_values(images, self.pixel_levels))
     return np.concatenate([first, codes.reshape(len(images), -1).astype(np.int32)], axis=1)
 
   def encode(self, image, add_bos: bool = False, add_eos: bool = False,

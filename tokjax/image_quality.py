@@ -17,7 +17,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from tokjax import generation, image_metrics, probe
+from tokjax import generation, image_metrics
+from tokjax.data.tokenizer import pixel_values
 from tokjax.data import datasets, fashion_mnist
 
 CHUNK = 1000  # Images per sampler call and per classifier call.
@@ -44,7 +45,7 @@ def classify(classifier_exp, classifier_params, images: np.ndarray):
   def run(params, batch):
     return classifier_exp.model(params).logits_and_features(batch)
 
-  pixels = probe.image_pixels(images, classifier_exp.objective.levels)  # As it was trained.
+  pixels = pixel_values(images, classifier_exp.objective.levels)  # As it was trained.
   outputs = [run(classifier_params, pixels[i:i + CHUNK]) for i in range(0, len(images), CHUNK)]
   return tuple(np.concatenate([np.asarray(o[k]) for o in outputs]) for k in (0, 1))
 

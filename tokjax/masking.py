@@ -231,11 +231,14 @@ def get_policy(name: str) -> Callable[..., jax.Array]:
   Raises:
     ValueError: an unknown name, listing the known ones.
   """
-  if name not in MASKING_POLICIES:
-    raise ValueError(
-        f"Unknown masking_policy {name!r}; use one of {', '.join(MASKING_POLICIES)}."
-    )
-  return MASKING_POLICIES[name]
+  return _named(MASKING_POLICIES, name, "masking_policy")
+
+
+def _named(policies: dict, name: str, what: str, example: str = ""):
+  """policies[name], or a ValueError naming `what` and listing the known names."""
+  if name not in policies:
+    raise ValueError(f"Unknown {what} {name!r}; use one of {', '.join(policies)}{example}.")
+  return policies[name]
 
 
 # Patch masking for images (MAE and friends). These policies pick patches of a
@@ -379,8 +382,5 @@ def get_patch_policy(name: str) -> Callable[..., jax.Array]:
   Raises:
     ValueError: an unknown name, listing the known ones.
   """
-  if name not in PATCH_MASKING_POLICIES:
-    raise ValueError(f"Unknown patch masking_policy {name!r}; use one of "
-                     f"{', '.join(PATCH_MASKING_POLICIES)} "
-                     "(e.g. --config.mae.masking_policy=block).")
-  return PATCH_MASKING_POLICIES[name]
+  return _named(PATCH_MASKING_POLICIES, name, "patch masking_policy",
+                " (e.g. --config.mae.masking_policy=block)")

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from tokjax.data.tokenizer import pixel_values
 from tokjax.models.vision import patchify
 
 STD_FLOOR = 1e-6  # A feature whose train std is below this is only centred.
@@ -136,13 +137,6 @@ def _features_fn(graphdef, patch_size: int):
   return jax.jit(features)
 
 
-def image_pixels(images: np.ndarray, levels: int) -> np.ndarray:
-  """float32[n, rows, cols] in [0, 1] of uint8 images, quantised as the
-  pixel tokens are (`PixelTokenizer`: id = p * levels // 256, value id / (levels - 1))."""
-  ids = np.asarray(images).astype(np.int32) * levels // 256
-  return (ids / (levels - 1)).astype(np.float32)
-
-
 def encoder_features(exp, params, images: np.ndarray, *, chunk: int = 512) -> np.ndarray:
   """The frozen encoder's features of `images`: its mean output over ALL
   patches (no masking).
@@ -164,7 +158,7 @@ def encoder_features(exp, params, images: np.ndarray, *, chunk: int = 512) -> np
     raise ValueError(f"objective={exp.objective.name!r} has no encoder features to probe; "
                      "use a mae or classifier run.")
   fn = _features_fn(exp.graphdef, exp.objective.patch_size)
-  pixels = image_pixels(images, exp.objective.levels)
+  pixels = pixel_values(images, exp.objective.levels)
   out = []
   for start in range(0, len(pixels), chunk):
     part = pixels[start:start + chunk]
@@ -206,7 +200,7 @@ def report(exp, params, train_images, train_labels, test_images, test_labels, *,
     return score(encoder_features(exp, p, train_images), encoder_features(exp, p, test_images))
 
   levels = exp.objective.levels
-  flat = lambda images: image_pixels(images, levels).reshape(len(images), -1)  # noqa: E731
+  flat = lambda images: pixel_values(images, levels).reshape(len(images), -1)  # noqa: E731
   return {
       "probe_accuracy": encoder_score(params),
       "probe_accuracy_random_init": encoder_score(

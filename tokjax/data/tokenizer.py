@@ -150,7 +150,62 @@ class ByteTokenizer(SymbolTokenizer):
     return byte_ids.tobytes().decode("utf-8", errors="replace")
 
 
-class PixelTokenizer(SymbolTokenizer):
+def pixel_values(images, levels: int) -> np.ndarray:
+  """float32[n, rows, cols] in [0, 1] of uint8[n, rows, cols] images, quantised
+  as `PixelTokenizer(levels)` encodes them (id = p * levels // 256), each id as
+  id / (levels - 1): the values the models that see pixels were trained on."""
+  ids = np.asarray(images).astype(np.int32) * levels // 256
+  return (ids / (levels - 1)).astype(np.float32)
+
+
+class ImageTokenizer(SymbolTokenizer):
+  """What image tokenizers share (pixels: `PixelTokenizer`; FSQ codes:
+  `tokjax.fsq_tokenizer.FSQTokenizer`): each image is one window, BOS or its
+  class token `<class_c>` (when `num_classes` > 0 and it has a label), then its
+  data ids. The class token takes BOS's place, as the class condition of
+  MaskGIT (Chang et al. 2022, Sec. 3.2).
+
+  Attributes (besides `SymbolTokenizer`'s):
+    num_classes: class tokens `<class_0>` ... (0: unlabelled windows).
+    class_ids: their ids, class c at class_ids[c] (consecutive).
+
+  Raises:
+    ValueError: num_classes not an integer >= 0, or special names that repeat.
+  """
+
+  def __init__(self, num_symbols: int, extra_special_tokens: tuple[str, ...] = (),
+               num_classes: int = 0):
+    if int(num_classes) != num_classes or num_classes < 0:
+      raise ValueError(f"num_classes={num_classes!r} must be an integer >= 0.")
+    classes = tuple(f"<class_{c}>" for c in range(int(num_classes)))
+    super().__init__(num_symbols, tuple(extra_special_tokens) + classes)
+    self.num_classes = int(num_classes)
+    self.class_ids = tuple(self.special_tokens[name] for name in classes)
+
+  def _framing_ids(self) -> tuple[int, ...]:
+    return (self.bos_id, *self.class_ids)
+
+  @property
+  def non_target_ids(self) -> tuple[int, ...]:
+    """Every special: each window is one BOS (or class token) followed by data
+    ids only, so a next-token model only ever predicts pixels or codes."""
+    return tuple(self.special_tokens.values())
+
+  def class_id(self, label: int) -> int:
+    """The id of class token `<class_label>`.
+
+    Raises:
+      ValueError: a label outside [0, num_classes), naming data.class_token.
+    """
+    if not 0 <= int(label) < self.num_classes:
+      raise ValueError(
+          f"label={label} is outside [0, {self.num_classes}); this tokenizer has "
+          f"{self.num_classes} class tokens (set --config.data.class_token=True for labelled "
+          "windows).")
+    return self.class_ids[int(label)]
+
+
+class PixelTokenizer(ImageTokenizer):
   """Grey images as pixel ids in raster order, quantised to `levels` grey levels.
 
   Pixel value p (uint8) becomes id p * levels // 256, so 256 levels keep every
@@ -158,17 +213,13 @@ class PixelTokenizer(SymbolTokenizer):
   to the middle value of its bin (rounded down). As in PixelCNN-style image
   models ("Pixel Recurrent Neural Networks", van den Oord et al. 2016), each
   pixel is one categorical token and likelihoods are in bits per dimension.
-  An image is encoded as BOS + its pixels, or, with `num_classes` > 0 and a
-  label, as its class token `<class_c>` + its pixels (the class token takes
-  BOS's place, as the class condition of MaskGIT, Chang et al. 2022, Sec. 3.2);
-  EOS never occurs in image data.
+  An image is encoded as BOS (or its class token, `ImageTokenizer`) + its
+  pixels; EOS never occurs in image data.
 
-  Attributes (besides `SymbolTokenizer`'s; num_bytes = levels, unit 'dim'):
+  Attributes (besides `ImageTokenizer`'s; num_bytes = levels, unit 'dim'):
     levels: grey levels, the number of pixel ids.
     image_shape: (rows, cols) of every image.
     num_pixels: rows * cols, the pixel ids per image.
-    num_classes: class tokens `<class_0>` ... (0: unlabelled windows).
-    class_ids: their ids, class c at class_ids[c] (consecutive).
 
   Raises:
     ValueError: levels not an integer in [2, 256], or a bad image_shape.
@@ -187,12 +238,7 @@ class PixelTokenizer(SymbolTokenizer):
     image_shape = tuple(int(n) for n in image_shape)
     if len(image_shape) != 2 or min(image_shape) < 1:
       raise ValueError(f"image_shape={image_shape} must be (rows, cols), both >= 1.")
-    if int(num_classes) != num_classes or num_classes < 0:
-      raise ValueError(f"num_classes={num_classes!r} must be an integer >= 0.")
-    classes = tuple(f"<class_{c}>" for c in range(int(num_classes)))
-    super().__init__(int(levels), tuple(extra_special_tokens) + classes)
-    self.num_classes = int(num_classes)
-    self.class_ids = tuple(self.special_tokens[name] for name in classes)
+    super().__init__(int(levels), extra_special_tokens, num_classes)
     self.levels = int(levels)
     self.image_shape = image_shape
     self.num_pixels = image_shape[0] * image_shape[1]
@@ -205,15 +251,6 @@ class PixelTokenizer(SymbolTokenizer):
   def tokens_per_image(self) -> int:
     """Data tokens per image, num_pixels: a window is 1 + this many tokens."""
     return self.num_pixels
-
-  def _framing_ids(self) -> tuple[int, ...]:
-    return (self.bos_id, *self.class_ids)
-
-  @property
-  def non_target_ids(self) -> tuple[int, ...]:
-    """Every special: each window is one BOS followed by pixels only, so a
-    next-token model only ever predicts pixels."""
-    return tuple(self.special_tokens.values())
 
   def encode(
       self, image, add_bos: bool = False, add_eos: bool = False, label: int | None = None
@@ -237,19 +274,6 @@ class PixelTokenizer(SymbolTokenizer):
     if add_bos and label is not None:
       ids[0] = self.class_id(label)
     return ids
-
-  def class_id(self, label: int) -> int:
-    """The id of class token `<class_label>`.
-
-    Raises:
-      ValueError: a label outside [0, num_classes), naming data.class_token.
-    """
-    if not 0 <= int(label) < self.num_classes:
-      raise ValueError(
-          f"label={label} is outside [0, {self.num_classes}); this tokenizer has "
-          f"{self.num_classes} class tokens (set --config.data.class_token=True for labelled "
-          "windows).")
-    return self.class_ids[int(label)]
 
   def decode(self, ids) -> np.ndarray:
     """Returns the image uint8[rows, cols] of int[num_tokens] ids.

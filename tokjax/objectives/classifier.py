@@ -46,7 +46,6 @@ class Classifier(ImageWindows, Objective):
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="none", init=False)
   samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
-  transformer_flops = False  # Patches, not the window's tokens: no 6N + 12LdT MFU.
 
   def __post_init__(self):
     if int(self.patch_size) != self.patch_size or self.patch_size < 1:

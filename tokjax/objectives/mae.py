@@ -80,7 +80,6 @@ class MAE(ImageWindows, Objective):
   attention: str = dataclasses.field(default="bidirectional", init=False)
   likelihood_kind: str = dataclasses.field(default="none", init=False)
   samplers: tuple[str, ...] = dataclasses.field(default=(), init=False)
-  transformer_flops = False  # Patches, not the window's tokens: no 6N + 12LdT MFU.
 
   def __post_init__(self):
     if not 0.0 <= self.mask_ratio < 1.0:
