@@ -25,17 +25,25 @@ and md4 to pixels), levels=N (grey levels per pixel, 2..256; default 256),
 size=quickstart|tiny, mesh=dp|fsdp|fsdp_tp. Any key can still be overridden
 with --config.KEY=VALUE.
 
-Measured on the 2-core AMD EPYC CPU machine (no GPU), size=quickstart, 256
-levels, 200 steps of 16 images (3,200 images, 6% of an epoch), the data
-already prepared (the first run adds ~10 s: `apt-get download` of Debian's
-dataset-fashion-mnist, unpacked, and the TFDS build) and a warm compile cache;
-the wall time includes the evaluation of the first 512 validation images and
-8 samples (2026-11-25):
-  objective=causal: 5 min 50 s, ~7.9k train tokens/s, exact NLL 3.233 bits/dim.
-  objective=md4:    7 min 05 s, ~6.9k train tokens/s, ELBO bound 3.636 +- 0.013
-                    bits/dim (2 draws per image; linear schedule; 64 sampler steps).
-For scale: a uniform model over 256 levels scores 8 bits/dim. docs/images.md
-has every objective's figures (benchmarks/images_table.py).
+Measured on the 2-core AMD EPYC CPU machine (no GPU), size=quickstart (3 x 128),
+the data already prepared (the first run adds ~20 s: `apt-get download` of
+Debian's dataset-fashion-mnist, unpacked, and the TFDS build), one run at a
+time; the wall time is the train command's, with its final validation pass
+and samples; figures on the test split (benchmarks/images_table.py,
+2026-12-06; docs/images.md has the pictures):
+  objective=classifier: 4.5 min, 600 x 128 images, accuracy 0.8486.
+  objective=fsq:        2.3 min, 1500 x 64 images, MSE 0.00442, PSNR 23.55 dB,
+                        codebook perplexity 379 of 1,000.
+  objective=maskgit:    6.5 min, 1500 x 64 images (FSQ codes, guidance 2, 12
+                        steps): FID-FMNIST 2.01 over 10,000 samples (the
+                        classifier's features), class accuracy 0.977.
+  objective=causal:     7.7 min, 200 x 16 images, exact NLL 3.261 bits/dim.
+  objective=md4:        8.6 min, 200 x 16 images, ELBO bound 3.668 +- 0.009
+                        bits/dim (2 draws per image; linear schedule).
+  objective=mae:        4.3 min, 1000 x 128 images, linear probe 0.8349 (the
+                        encoder at init 0.7111, raw pixels 0.8019).
+causal and md4 bits/dim on the first 1,024 test images. For scale: a uniform
+model over 256 levels scores 8 bits/dim.
 """
 from tokjax.config import apply_size_and_mesh, base_config, parse_variant
 from tokjax.data import DEFAULT_PIXEL_LEVELS, image_seq_len
