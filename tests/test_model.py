@@ -260,7 +260,7 @@ def test_scanned_layers_match_unscanned_with_the_same_weights():
   want = autoregressive.sample(model_fns(graphdef, config), params, prompt, jax.random.key(0),
                                **ar).tokens
   scanned_fns = model_fns(scanned_graphdef, scanned_config)
-  assert scanned_fns.init_cache(3, 14)["k"].shape == (3, 3, 14, 4, 8)
+  assert scanned_fns.init_cache(3, 14)["k"].shape == (3, 3, 4, 14, 8)
   for use_kv_cache in (True, False):
     got = autoregressive.sample(scanned_fns, scanned_params, prompt, jax.random.key(0),
                                 use_kv_cache=use_kv_cache, **ar).tokens

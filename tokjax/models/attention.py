@@ -151,8 +151,36 @@ def _softmax_attention(q, k, v, mask):
   heads-major q: float[batch, heads, q_len, kv] and k, v: [batch, heads, kv_len, kv]."""
   scale = 1.0 / math.sqrt(q.shape[-1])
   scores = mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale
+  return _probs_times_values(scores, v, mask)
+
+
+def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array,
+                     sink_keys: jax.Array | None = None) -> jax.Array:
+  """Attention of new queries over a heads-major KV cache (`kv_cache`), read in place.
+
+  Args:
+    q: float[batch, q_len, heads, kv].
+    keys, values: float[batch, heads, cache_len, kv].
+    mask: bool[batch, 1, q_len, cache_len], True = visible.
+    sink_keys: float[batch, heads, n, kv] or None: replaces the first n
+      slots' keys in the scores (a rolling cache's attention sinks read at
+      their positions within the cache; the values are unchanged).
+
+  Returns:
+    float[batch, q_len, heads, kv] in the dtype of q.
+  """
+  q = q.transpose(0, 2, 1, 3)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = mixed_einsum("bhqd,bhkd->bhqk", q, keys) * scale
+  if sink_keys is not None:
+    sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sink_keys) * scale
+    scores = jax.lax.dynamic_update_slice_in_dim(scores, sink_scores, 0, axis=3)
+  return _probs_times_values(scores, values, mask).transpose(0, 2, 1, 3)
+
+
+def _probs_times_values(scores, values, mask):
   probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
-  return mixed_einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v).astype(v.dtype)
+  return mixed_einsum("bhqk,bhkd->bhqd", probs.astype(values.dtype), values).astype(values.dtype)
 
 
 def _causal_blocks(q, k, v, mask, min_block: int = 64, max_blocks: int = 4):
@@ -214,6 +242,8 @@ class Attention(nnx.Module):
     Returns:
       float[batch, q_len, embed] in the dtype of q; softmax runs in float32.
     """
-    out = constrain(dot_product_attention(q, k, v, mask, self.implementation, is_causal),
-                    HEADS_AXES)
-    return dense(out, self.wo[...], num_contract=2)
+    return self.project_out(dot_product_attention(q, k, v, mask, self.implementation, is_causal))
+
+  def project_out(self, out: jax.Array) -> jax.Array:
+    """The output projection: float[batch, q_len, heads, kv] -> float[batch, q_len, embed]."""
+    return dense(constrain(out, HEADS_AXES), self.wo[...], num_contract=2)

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tokjax.models.attention import Attention, cache_mask
+from tokjax.models import kv_cache
+from tokjax.models.attention import Attention, apply_rope, cached_attention
 from tokjax.models.layers import Mlp, RMSNorm
 from tokjax.sharding import constrain
 
@@ -79,43 +80,40 @@ class Block(nnx.Module):
     x = x + self.attn.attend(q, k, v, mask, is_causal)
     return constrain(x + self.mlp(self.mlp_norm(x)), EMBED_AXES)
 
-  def decode(self, x: jax.Array, positions: jax.Array, rope: tuple[jax.Array, jax.Array],
-             cache_k: jax.Array, cache_v: jax.Array, prefix_len: jax.Array | None = None,
-             layer: jax.Array | None = None):
+  def decode(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], cache_k: jax.Array,
+             cache_v: jax.Array, mask: jax.Array, slot: jax.Array, layer: jax.Array | None = None,
+             sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None):
     """Block step that writes the new keys/values into this layer's KV cache.
 
     Args:
       x: float[batch, q_len, embed] hidden states of the new tokens.
-      positions: int32[batch, q_len], contiguous, same start in every row.
-      rope: `rope_tables(positions, ...)`.
-      cache_k, cache_v: float[batch, cache_len, heads, kv], this layer's cache;
-        or, with `layer`, float[layers, batch, cache_len, heads, kv], every
-        layer's. Slot == position.
-      prefix_len: int32[batch] slots every query sees (see `cache_mask`), or None.
+      rope: `rope_tables` of the new tokens' positions.
+      cache_k, cache_v: float[batch, heads, cache_len, kv], this layer's cache;
+        or, with `layer`, float[layers, batch, heads, cache_len, kv], every
+        layer's (`kv_cache`).
+      mask: bool[batch, 1, q_len, cache_len] the slots each new token sees
+        (after its own keys are written).
+      slot: int32[] the new tokens go to slots slot .. slot + q_len - 1.
       layer: int32[] this block's index into a stacked cache, or None.
+      sink_rope: (n, rope tables [batch, n, 1, 2, kv/2]) or None: the first n
+        slots' keys are read rotated by these further angles (attention
+        sinks at their positions within a rolling cache).
 
     Returns:
       (x, cache_k, cache_v) with x float[batch, q_len, embed] and the caches
       as given, the new tokens' slots written.
     """
     q, k, v = self.attn.qkv(self.attn_norm(x), rope)
-    cache_k, cache_v = _write(cache_k, k, positions, layer), _write(cache_v, v, positions, layer)
-    keys, values = (cache_k, cache_v) if layer is None else (
-        jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False),
-        jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False))
-    mask = cache_mask(positions, keys.shape[1], prefix_len)
-    x = x + self.attn.attend(q, keys, values, mask)
+    cache_k = kv_cache.write(cache_k, k, slot, layer)
+    cache_v = kv_cache.write(cache_v, v, slot, layer)
+    keys, values = kv_cache.read(cache_k, layer), kv_cache.read(cache_v, layer)
+    sink_keys = None
+    if sink_rope is not None:
+      n, tables = sink_rope
+      sinks = keys[:, :, :n].transpose(0, 2, 1, 3)
+      sink_keys = apply_rope(sinks, tables).transpose(0, 2, 1, 3)
+    x = x + self.attn.project_out(cached_attention(q, keys, values, mask, sink_keys))
     return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
-
-
-def _write(cache: jax.Array, new: jax.Array, positions: jax.Array, layer: jax.Array | None):
-  """`cache` with `new` float[batch, q_len, heads, kv] written from slot
-  positions[0, 0] on (in layer `layer` of a stacked cache), in place."""
-  zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
-  start = (zero, positions[0, 0].astype(jnp.int32), zero, zero)
-  if layer is not None:
-    new, start = new[None], (jnp.asarray(layer, jnp.int32), *start)
-  return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start)
 
 
 def make_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.List | Block:
@@ -179,26 +177,27 @@ def run_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, ja
   return scan(blocks, x, rope, mask)
 
 
-def decode_blocks(blocks: nnx.List | Block, x: jax.Array, positions: jax.Array,
-                  rope: tuple[jax.Array, jax.Array], cache: dict, prefix_len: jax.Array | None,
-                  config: TransformerConfig) -> tuple[jax.Array, dict]:
+def decode_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, jax.Array],
+                  cache: dict, mask: jax.Array, slot: jax.Array, config: TransformerConfig,
+                  sink_rope=None) -> tuple[jax.Array, dict]:
   """`Block.decode` through the stack: x float[batch, q_len, embed] -> (x, cache).
 
-  `cache` is `transformer.init_cache`'s: one array per layer, written in
-  place; or, with config.scan_layers, stacked [layers, ...] arrays, carried
-  through the scan and written in place at each block's layer.
+  `cache` is `kv_cache.init_cache`'s: one array per layer, written in place;
+  or, with config.scan_layers, stacked [layers, ...] arrays, carried through
+  the scan and written in place at each block's layer.
   """
   if not config.scan_layers:
     new_k, new_v = [], []
     for block, cache_k, cache_v in zip(blocks, cache["k"], cache["v"]):
-      x, cache_k, cache_v = block.decode(x, positions, rope, cache_k, cache_v, prefix_len)
+      x, cache_k, cache_v = block.decode(x, rope, cache_k, cache_v, mask, slot,
+                                         sink_rope=sink_rope)
       new_k.append(cache_k)
       new_v.append(cache_v)
     return x, {"k": tuple(new_k), "v": tuple(new_v)}
 
   def block_fn(carry, block, layer):
     x, cache_k, cache_v = carry
-    return block.decode(x, positions, rope, cache_k, cache_v, prefix_len, layer)
+    return block.decode(x, rope, cache_k, cache_v, mask, slot, layer, sink_rope)
 
   scan = nnx.scan(block_fn, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry, graph=False)
   x, cache_k, cache_v = scan((x, cache["k"], cache["v"]), blocks,

@@ -20,8 +20,7 @@ Being position-wise, an extra head needs no attention and no KV cache, so the
 heads can serve as self-drafters for speculative decoding (Sec. 3.2): after the
 trunk reads the last accepted token at position t, `draft_logits(z_t)` proposes
 tokens t+2..t+n at the cost of n-1 MLPs, and the trunk verifies them in one
-`decode` call. That needs z_t from the KV-cache path, which `decode` does not
-return yet; wiring it is left to the speculative-decoding sampler.
+`decode` call; `decode_drafts` returns both from the KV-cache path.
 """
 from __future__ import annotations
 
@@ -115,6 +114,17 @@ class MultiTokenModel(nnx.Module):
     """The trunk's empty KV cache; see `Transformer.init_cache`."""
     return self.trunk.init_cache(batch_size, max_len)
 
-  def decode(self, tokens, positions, cache, prefix_len=None):
+  def decode(self, tokens, positions, cache, prefix_len=None, **kwargs):
     """Head 1's KV-cache forward, exactly the trunk's; see `Transformer.decode`."""
-    return self.trunk.decode(tokens, positions, cache, prefix_len)
+    return self.trunk.decode(tokens, positions, cache, prefix_len, **kwargs)
+
+  def decode_drafts(self, tokens, positions, cache, prefix_len=None, **kwargs):
+    """`decode` plus every extra head's logits at the same positions.
+
+    Returns:
+      (logits float32[batch, q_len, vocab] of head 1, drafts float32[n - 1,
+      batch, q_len, vocab] where [k - 2, :, i] predicts the token k places
+      after tokens[:, i], updated cache). Arguments and errors as `Transformer.decode`.
+    """
+    hidden, cache = self.trunk.decode_hidden(tokens, positions, cache, prefix_len, **kwargs)
+    return self.trunk.logits_from_hidden(hidden), self.draft_logits(hidden), cache

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tokjax.models.attention import ATTENTION_IMPLS, attention_mask, rope_tables
+from tokjax.models import kv_cache
+from tokjax.models.attention import ATTENTION_IMPLS, attention_mask, cache_mask, rope_tables
 from tokjax.models.block import REMAT_POLICIES, decode_blocks, make_blocks, run_blocks
+from tokjax.models.kv_cache import init_cache
 from tokjax.models.layers import RMSNorm, TimeEmbedding, dense, fan_in_init, param
 from tokjax.sharding import constrain
 
@@ -174,23 +176,36 @@ class Transformer(nnx.Module):
                       is_causal=attention == "causal")
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
-    """An empty KV cache for `decode`; see the module-level `init_cache`."""
+    """An empty KV cache for `decode`; see `kv_cache.init_cache`."""
     return init_cache(self.config, batch_size, max_len)
 
-  def decode(self, tokens, positions, cache, prefix_len=None):
-    """KV-cache forward: causal logits of `tokens` given everything cached.
+  def decode(self, tokens, positions, cache, prefix_len=None, *, write_at=None, kv_mask=None,
+             sink_shift=None):
+    """KV-cache forward: the logits of `tokens` given everything cached.
 
-    q_len = prompt length is a batched prefill; q_len = 1 is one step. Matches
-    `__call__(..., attention='causal')` on the full sequence, or with
-    prefix_len `__call__(..., attention='prefix', prefix_len=prefix_len)`.
+    By default (slot == position) q_len = prompt length is a batched
+    prefill and q_len = 1 is one step; both match `__call__(...,
+    attention='causal')` on the full sequence, or with prefix_len
+    `__call__(..., attention='prefix', prefix_len=prefix_len)`. The keyword
+    arguments let a sampler place tokens elsewhere: left-padded prompts of
+    different lengths, a tree of draft tokens, a rolling cache.
 
     Args:
       tokens: int32[batch, q_len] new tokens.
-      positions: int32[batch, q_len] their positions: contiguous, with the
-        same start in every row (only positions[0, 0] picks the cache slots).
-      cache: from `init_cache`; slots < positions[:, 0] must hold the prefix.
-        (cache['k'][0] is layer 0's keys in either layout.)
-      prefix_len: int32[batch] or None: slots below it are visible to every query.
+      positions: int32[batch, q_len] their RoPE positions (any per row).
+      cache: from `init_cache` (`kv_cache`).
+      prefix_len: int32[batch] or None: slots below it are visible to every
+        query (ignored with kv_mask).
+      write_at: int32[] the first slot the new tokens' keys and values go
+        to (consecutive slots); default positions[0, 0].
+      kv_mask: bool[batch, q_len, cache_len] the slots each new token sees,
+        its own included; default `attention.cache_mask(positions, ...)`
+        (slot s visible iff s <= position).
+      sink_shift: (n, int32[batch]) or None: the first n slots' keys are
+        read as if rotated by that many more positions (StreamingLLM's
+        attention sinks at their positions within a rolling cache: Xiao et
+        al. 2024, "Efficient Streaming Language Models with Attention
+        Sinks", Sec. 3.2).
 
     Returns:
       (float32[batch, q_len, vocab_size] logits, updated cache).
@@ -198,15 +213,33 @@ class Transformer(nnx.Module):
     Raises:
       ValueError: q_len longer than the cache, or a time-conditioned model.
     """
+    hidden, cache = self.decode_hidden(tokens, positions, cache, prefix_len, write_at=write_at,
+                                       kv_mask=kv_mask, sink_shift=sink_shift)
+    return self.logits_from_hidden(hidden), cache
+
+  def decode_hidden(self, tokens, positions, cache, prefix_len=None, *, write_at=None,
+                    kv_mask=None, sink_shift=None):
+    """`decode` up to the last block: (float[batch, q_len, embed] hidden
+    states before `final_norm`, updated cache). Arguments and errors as `decode`."""
     if self.config.time_conditioning:
       raise ValueError("decode() has no time input; use a model with time_conditioning=False.")
     _, q_len = self._check_tokens(tokens)
-    if q_len > cache["k"][0].shape[1]:
-      raise ValueError(f"q_len={q_len} exceeds the cache length {cache['k'][0].shape[1]}.")
-    x = self._embed(tokens, None)
+    length = kv_cache.cache_len(cache)
+    if q_len > length:
+      raise ValueError(f"q_len={q_len} exceeds the cache length {length}.")
+    if kv_mask is None:
+      mask = cache_mask(positions, length, prefix_len)
+    else:
+      mask = kv_mask[:, None]
+    slot = positions[0, 0] if write_at is None else write_at
     rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
-    x, cache = decode_blocks(self.blocks, x, positions, rope, cache, prefix_len, self.config)
-    return self.logits_from_hidden(x), cache
+    sink_rope = None
+    if sink_shift is not None:
+      n, shift = sink_shift
+      shift = jnp.broadcast_to(jnp.asarray(shift, jnp.int32)[:, None], (tokens.shape[0], n))
+      sink_rope = (n, rope_tables(shift, self.config.head_dim, self.config.rope_base))
+    return decode_blocks(self.blocks, self._embed(tokens, None), rope, cache, mask, slot,
+                         self.config, sink_rope)
 
   def _check_tokens(self, tokens) -> tuple[int, int]:
     if tokens.ndim != 2:
@@ -250,31 +283,3 @@ def cast_params(module: nnx.Module, dtype: str) -> None:
   creates float32 parameters); parameters already in `dtype` are kept."""
   params = nnx.state(module, nnx.Param)
   nnx.update(module, jax.tree.map(lambda p: p if p.dtype == dtype else p.astype(dtype), params))
-
-
-def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict:
-  """Zero KV cache for `Transformer.decode`.
-
-  Without scan_layers, one array per layer (not one stacked array) so that
-  XLA updates each in place and attention reads it without slicing a copy out
-  of a stack. With scan_layers, one stacked array, the scan's carry: written
-  in place, each layer's slice read once per step.
-
-  Returns:
-    {'k': (float[batch_size, max_len, heads, kv],) * num_layers, 'v': same},
-    or with scan_layers {'k': float[layers, batch_size, max_len, heads, kv],
-    'v': same}; in config.dtype. Slot index == token position.
-
-  Raises:
-    ValueError: max_len > config.max_seq_len.
-  """
-  if max_len > config.max_seq_len:
-    raise ValueError(
-        f"Cache length {max_len} > max_seq_len={config.max_seq_len}; "
-        "shorten generation or raise TransformerConfig.max_seq_len."
-    )
-  shape = (batch_size, max_len, config.num_heads, config.head_dim)
-  if config.scan_layers:
-    return {name: jnp.zeros((config.num_layers, *shape), config.dtype) for name in ("k", "v")}
-  return {name: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
-          for name in ("k", "v")}

@@ -29,14 +29,21 @@ class ModelFns(NamedTuple):
     decode: (params, tokens int32[batch, q_len], positions int32[batch, q_len],
       cache, prefix_len=None) -> (logits float32[batch, q_len, vocab], cache);
       None if no KV cache.
+      Keyword arguments (write_at=, kv_mask=, sink_shift=) place tokens in
+      the cache other than slot == position: see `Transformer.decode`.
     init_cache: (batch_size, max_len) -> empty cache; None if no KV cache.
     max_seq_len: longest sequence the model accepts; None if unbounded.
+    decode_drafts: as decode, but returns (logits, drafts float32[n - 1,
+      batch, q_len, vocab], cache) with the multi-token heads' predictions of
+      the tokens 2..n places ahead (`MultiTokenModel.decode_drafts`); None
+      for a model without extra heads.
   """
 
   forward: Callable
   decode: Callable | None = None
   init_cache: Callable | None = None
   max_seq_len: int | None = None
+  decode_drafts: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +108,19 @@ def model_fns(graphdef: nnx.GraphDef, config: TransformerConfig) -> ModelFns:
   def forward(params, tokens, **kwargs):
     return nnx.merge(graphdef, params)(tokens, **kwargs)
 
-  def decode(params, tokens, positions, cache, prefix_len=None):
-    return nnx.merge(graphdef, params).decode(tokens, positions, cache, prefix_len)
+  def decode(params, tokens, positions, cache, prefix_len=None, **kwargs):
+    return nnx.merge(graphdef, params).decode(tokens, positions, cache, prefix_len, **kwargs)
+
+  def decode_drafts(params, tokens, positions, cache, prefix_len=None, **kwargs):
+    return nnx.merge(graphdef, params).decode_drafts(tokens, positions, cache, prefix_len,
+                                                     **kwargs)
 
   def new_cache(batch_size, max_len):
     return init_cache(config, batch_size, max_len)
 
-  return ModelFns(forward, decode, new_cache, config.max_seq_len)
+  has_drafts = hasattr(graphdef.nodes[0].type, "decode_drafts")  # The root module's class.
+  return ModelFns(forward, decode, new_cache, config.max_seq_len,
+                  decode_drafts if has_drafts else None)
 
 
 def run_loop(cond: Callable[[Any], jax.Array], step: Callable[[Any], Any], state: Any, *,

@@ -1,0 +1,111 @@
+"""The KV cache: its layout, and the few operations samplers need on it.
+
+Layout: heads-major, float[batch, heads, cache_len, kv] per layer (a tuple of
+num_layers arrays), or with `TransformerConfig.scan_layers` one stacked
+float[layers, batch, heads, cache_len, kv] array (the scan's carry). Heads-major
+means decode attention reads each head's keys as one contiguous
+[cache_len, kv] matrix, so the score and value matmuls run on the cache in
+place instead of transposing all of it every step. Slot s holds the key and
+value of whichever token a sampler wrote there: position s for plain decoding,
+a ring slot for a rolling cache, a tree node for tree attention.
+
+The functions below take either layout; they tell them apart by the type of
+cache['k'] (tuple: per layer; array: stacked).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+
+if TYPE_CHECKING:
+  from tokjax.models.transformer import TransformerConfig
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict:
+  """A zero KV cache for `Transformer.decode`.
+
+  Without scan_layers, one array per layer (not one stacked array) so that
+  XLA updates each in place and attention reads it without slicing a copy out
+  of a stack.
+
+  Returns:
+    {'k': (float[batch_size, heads, max_len, kv],) * num_layers, 'v': same},
+    or with scan_layers {'k': float[layers, batch_size, heads, max_len, kv],
+    'v': same}; in config.dtype.
+
+  Raises:
+    ValueError: max_len > config.max_seq_len.
+  """
+  if max_len > config.max_seq_len:
+    raise ValueError(
+        f"Cache length {max_len} > max_seq_len={config.max_seq_len}; "
+        "shorten generation or raise TransformerConfig.max_seq_len (or use a rolling "
+        "cache: sampler.ar.window)."
+    )
+  shape = (batch_size, config.num_heads, max_len, config.head_dim)
+  if config.scan_layers:
+    return {name: jnp.zeros((config.num_layers, *shape), config.dtype) for name in ("k", "v")}
+  return {name: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+          for name in ("k", "v")}
+
+
+def cache_len(cache: dict) -> int:
+  """The number of slots."""
+  return cache["k"][0].shape[-2]
+
+
+def _batch_axis(cache: dict) -> int:
+  return 0 if isinstance(cache["k"], tuple) else 1
+
+
+def write(layer_cache: jax.Array, new: jax.Array, slot: jax.Array,
+          layer: jax.Array | None = None) -> jax.Array:
+  """`layer_cache` with new float[batch, q_len, heads, kv] written at slots
+  slot .. slot + q_len - 1 (of layer `layer` of a stacked cache), in place."""
+  zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
+  new = new.transpose(0, 2, 1, 3).astype(layer_cache.dtype)
+  start = (zero, zero, jnp.asarray(slot, jnp.int32), zero)
+  if layer is not None:
+    new, start = new[None], (jnp.asarray(layer, jnp.int32), *start)
+  return jax.lax.dynamic_update_slice(layer_cache, new, start)
+
+
+def read(layer_cache: jax.Array, layer: jax.Array | None = None) -> jax.Array:
+  """float[batch, heads, cache_len, kv]: this layer's slots (`layer` of a stacked cache)."""
+  if layer is None:
+    return layer_cache
+  return jax.lax.dynamic_index_in_dim(layer_cache, layer, keepdims=False)
+
+
+def select_rows(cache: dict, rows: jax.Array) -> dict:
+  """The cache of rows `rows` int32[new_batch] of the old batch (beam search
+  reorders its beams' caches so)."""
+  axis = _batch_axis(cache)
+  return jax.tree.map(lambda x: jnp.take(x, rows, axis=axis), cache)
+
+
+def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
+  """Copies, in every row b and layer, slots src[b, i] to slots dst + i.
+
+  Tree attention uses it to pack the accepted path of a verified draft tree
+  (written at scattered slots) into consecutive slots.
+
+  Args:
+    cache: a KV cache.
+    src: int32[batch, n] source slots.
+    dst: int32[] first destination slot.
+  """
+  axis = _batch_axis(cache)
+  index = src[:, None, :, None]  # [batch, heads, n, kv] broadcast
+  if axis == 1:
+    index = index[None]
+
+  def move(x):
+    picked = jnp.take_along_axis(x, index, axis=axis + 2, mode="clip")
+    start = [jnp.zeros((), jnp.int32)] * x.ndim
+    start[axis + 2] = jnp.asarray(dst, jnp.int32)
+    return jax.lax.dynamic_update_slice(x, picked, start)
+
+  return jax.tree.map(move, cache)
