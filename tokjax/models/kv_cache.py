@@ -63,10 +63,24 @@ def _batch_axis(cache: dict) -> int:
 def write(layer_cache: jax.Array, new: jax.Array, slot: jax.Array,
           layer: jax.Array | None = None) -> jax.Array:
   """`layer_cache` with new float[batch, q_len, heads, kv] written at slots
-  slot .. slot + q_len - 1 (of layer `layer` of a stacked cache), in place."""
+  slot .. slot + q_len - 1 (of layer `layer` of a stacked cache), in place.
+
+  slot: int32[] (the same slots in every row, one dynamic_update_slice) or
+  int32[batch] (each row its own, e.g. after speculative rounds that
+  accepted different numbers of tokens; a scatter).
+  """
   zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
   new = new.transpose(0, 2, 1, 3).astype(layer_cache.dtype)
-  start = (zero, zero, jnp.asarray(slot, jnp.int32), zero)
+  slot = jnp.asarray(slot, jnp.int32)
+  if slot.ndim == 1:
+    def write_row(row_cache, row_new, row_slot):  # [(layers,) heads, slots, kv]
+      start = (zero, row_slot, zero)
+      if layer is not None:
+        row_new, start = row_new[None], (jnp.asarray(layer, jnp.int32), *start)
+      return jax.lax.dynamic_update_slice(row_cache, row_new, start)
+    return jax.vmap(write_row, in_axes=(0 if layer is None else 1, 0, 0),
+                    out_axes=0 if layer is None else 1)(layer_cache, new, slot)
+  start = (zero, zero, slot, zero)
   if layer is not None:
     new, start = new[None], (jnp.asarray(layer, jnp.int32), *start)
   return jax.lax.dynamic_update_slice(layer_cache, new, start)

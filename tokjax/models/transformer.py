@@ -197,7 +197,8 @@ class Transformer(nnx.Module):
       prefix_len: int32[batch] or None: slots below it are visible to every
         query (ignored with kv_mask).
       write_at: int32[] the first slot the new tokens' keys and values go
-        to (consecutive slots); default positions[0, 0].
+        to (consecutive slots), or int32[batch] one per row (a scatter);
+        default positions[0, 0].
       kv_mask: bool[batch, q_len, cache_len] the slots each new token sees,
         its own included; default `attention.cache_mask(positions, ...)`
         (slot s visible iff s <= position).
