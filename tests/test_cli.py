@@ -81,26 +81,38 @@ def test_causal_train_writes_metrics_checkpoints_and_samples(causal_run):
   assert samples["precision"] == "float64" and len(samples["samples"]) == 2
 
 
-def test_sigkill_then_rerun_reproduces_losses_exactly(tmp_path, data_dir):
-  """A run killed mid-training and rerun logs exactly the uninterrupted losses."""
-  flags = [*cli_flags(data_dir), "--config.num_train_steps=60", "--config.checkpoint_every_steps=10",
-           "--config.eval_every_steps=1000"]
+def _signal_after_checkpoint(workdir, flags, step, signum):
+  """Starts training in `workdir`, sends `signum` once checkpoint `step` exists;
+  returns the exit code."""
+  proc = subprocess.Popen([sys.executable, "-m", "tokjax.train", f"--workdir={workdir}", *flags],
+                          cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while (not os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+         and time.time() < deadline):
+    time.sleep(0.01)
+  proc.send_signal(signum)
+  return proc.wait()
+
+
+def test_sigkill_sigterm_then_rerun_reproduces_losses_exactly(tmp_path, data_dir):
+  """A run killed mid-training (SIGKILL), then preempted (SIGTERM: it saves
+  the step it reached, marks the workdir and exits 0), then rerun, logs
+  exactly the uninterrupted losses."""
+  flags = [*cli_flags(data_dir), "--config.num_train_steps=300",
+           "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000"]
   reference = str(tmp_path / "reference")
   _cli("train", f"--workdir={reference}", *flags)
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen([sys.executable, "-m", "tokjax.train", f"--workdir={workdir}", *flags],
-                          cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   checkpoints = os.path.join(workdir, "checkpoints")
-  deadline = time.time() + 240
-  while not os.path.isdir(os.path.join(checkpoints, "10")) and time.time() < deadline:
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  finished = [d for d in os.listdir(checkpoints) if d.isdigit()]
-  assert "60" not in finished, "the run ended before it could be killed"
+  _signal_after_checkpoint(workdir, flags, 10, signal.SIGKILL)
+  assert "300" not in os.listdir(checkpoints), "the run ended before it could be killed"
+  assert _signal_after_checkpoint(workdir, flags, 20, signal.SIGTERM) == 0
+  marked = int(open(os.path.join(workdir, "PREEMPTED")).read())
+  assert 20 <= marked < 300 and str(marked) in os.listdir(checkpoints)
   _cli("train", f"--workdir={workdir}", *flags)
+  assert not os.path.exists(os.path.join(workdir, "PREEMPTED"))
   assert _losses(workdir) == _losses(reference)
-  assert len(_losses(reference)) == 60
+  assert len(_losses(reference)) == 300
 
 
 def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):

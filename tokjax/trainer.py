@@ -7,6 +7,7 @@
 5. Restore: the latest checkpoint, data iterator included
 6. Loop: step, log one step late (with tokens/s and MFU), eval, checkpoint;
    then final eval and samples. Start-up ends when the first step has run.
+   A SIGTERM (`preemption`) saves the step reached and returns early.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jax
 import ml_collections
 import optax
 
-from tokjax import evaluation, generation
+from tokjax import evaluation, generation, preemption
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
 from tokjax.data import load_split, to_global, train_iterator
 from tokjax.experiment import Experiment
@@ -61,8 +62,11 @@ def make_train_step(exp: Experiment):
 def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  Returns the final validation report. Writes WORKDIR/metrics.jsonl,
-  WORKDIR/tensorboard, WORKDIR/checkpoints and WORKDIR/samples.json.
+  Returns the final validation report, or {} when a SIGTERM stopped the run
+  early (after saving a checkpoint at the step reached and writing
+  WORKDIR/PREEMPTED; rerun the command to resume). Writes
+  WORKDIR/metrics.jsonl, WORKDIR/tensorboard, WORKDIR/checkpoints and
+  WORKDIR/samples.json.
   `started_at` (a time.time() stamp; default: now) starts the start-up clock:
   the first step's line in metrics.jsonl has `startup_s` and its phases.
   """
@@ -94,6 +98,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
   state, _ = ckpt.restore(abstract, config_dict, data_iter)
   state = state or exp.init_state()
+  preemption.clear(workdir)
+  stop = preemption.Preemption()
   train_step = make_train_step(exp)
   eval_step = evaluation.make_eval_step(exp)
   start = int(state["step"])
@@ -126,6 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
     if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
       with log.paused(metrics):
         ckpt.save(done, state, data_iter, config_dict)
+    if stop.reached(done) and done < config.num_train_steps:
+      return _preempted(ckpt, done, state, data_iter, config_dict, workdir, log)
   log.flush()  # The last interval's speed, before the final evaluation.
   bar.close()
   ckpt.wait()
@@ -142,6 +150,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   log.writer.close()
   ckpt.close()
   return final
+
+
+def _preempted(ckpt, step, state, data_iter, config_dict, workdir, log) -> dict:
+  """Saves `step` (unless just saved), marks the workdir preempted, returns {}."""
+  log.flush()
+  log.bar.close()
+  if ckpt.latest_step() != step:
+    ckpt.save(step, state, data_iter, config_dict)
+  ckpt.wait()
+  ckpt.close()
+  log.writer.close()
+  preemption.mark(workdir, step)
+  if jax.process_index() == 0:
+    print(f"Preempted (SIGTERM): saved step {step}; rerun the same command to resume.")
+  return {}
 
 
 def _eval_scalars(report: dict) -> dict:
