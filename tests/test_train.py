@@ -1,13 +1,16 @@
 """Sharded training steps and bad-input errors, in process on 8 fake devices."""
+import json
+import os
+import re
+
 import jax
 import numpy as np
 import pytest
 
-import os
-
 from tiny import ROOT, tiny_config
 from tokjax.config import load_config_file
-from tokjax import sharding
+from tokjax import nonfinite, sharding, trainer
+from tokjax.checkpoint import Checkpointer
 from tokjax.data import load_split, to_global
 from tokjax.experiment import Experiment
 from tokjax.objectives import REGISTRY
@@ -124,3 +127,33 @@ def test_sampler_that_does_not_fit_the_objective_is_a_clear_error(data_dir):
   config.sampler.name = "ar"
   with pytest.raises(ValueError, match="samplers that do: md4, first_hitting, maskgit"):
     Experiment.create(config)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_nonfinite_loss_stops_the_run_or_is_skipped(data_dir, tmp_path, policy):
+  """A learning rate of 1e30 blows the parameters up after the first update,
+  so every later loss is NaN/Inf. 'stop' raises naming the step, writes its
+  batch and saves the state, whose parameters are finite (the bad update was
+  not applied); 'skip' finishes and counts the skipped updates."""
+  config = tiny_config(data_dir)
+  config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e30, 0
+  config.nan_policy = policy
+  workdir = str(tmp_path)
+  if policy == "skip":
+    trainer.train(config, workdir)
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    skipped = [r["nonfinite_skipped"] for r in records if "nonfinite_skipped" in r]
+    assert skipped[-1] >= 3 and skipped == sorted(skipped)
+    return
+  with pytest.raises(nonfinite.NonFiniteError, match=r"NaN/Inf at step (\d)") as error:
+    trainer.train(config, workdir)
+  bad_step = int(re.search(r"at step (\d)", str(error.value)).group(1))
+  batch = np.load(os.path.join(workdir, f"nonfinite_batch_{bad_step}.npy"))
+  assert batch.shape == (8, 32)
+  saved = int(re.search(r"checkpoint (\d)", str(error.value)).group(1))
+  assert saved == bad_step + 1  # Found one step late, while the next step ran.
+  exp = Experiment.create(config)
+  params, step = Checkpointer(workdir).restore_params(exp.abstract_state["params"],
+                                                      config.to_dict())
+  assert step == saved
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

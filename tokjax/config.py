@@ -18,6 +18,7 @@ from tokjax.data import image_seq_len
 
 IMAGE_TOKENS = ("pixels", "fsq")  # config.data.tokens of an image dataset.
 from tokjax.models import TransformerConfig
+from tokjax.nonfinite import NAN_POLICIES
 from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
 from tokjax.schedules import get_schedule
@@ -59,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.final_eval_steps = -1  # -1: the whole validation split.
   c.checkpoint_every_steps = 250
   c.max_checkpoints_to_keep = 3
+  c.nan_policy = "stop"  # Or 'skip': see tokjax.nonfinite.
   c.seed = 0
   c.optimizer = dict(
       learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1,
@@ -117,13 +119,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the fix, on settings that cannot work.
 
   Raises:
-    ValueError: unknown objective/sampler/schedule, impossible sizes, or an
+    ValueError: unknown objective/sampler/schedule/nan_policy, impossible sizes, or an
       image dataset whose seq_len is not one image (BOS + pixels) per window.
   """
   objective_class(config)  # Raises on an unknown name.
   if config.sampler.name:
     sampler_module(config.sampler.name)  # Raises on an unknown name, listing the known ones.
   get_schedule(config.md4.noise_schedule)
+  if config.nan_policy not in NAN_POLICIES:
+    raise ValueError(f"Unknown nan_policy {config.nan_policy!r}; use one of {NAN_POLICIES}.")
   m = config.model
   if m.d_model % m.num_heads:
     raise ValueError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.")

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
-from tokjax import evaluation, generation, preemption
+from tokjax import evaluation, generation, nonfinite, preemption
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
 from tokjax.data import load_split, to_global, train_iterator
 from tokjax.experiment import Experiment
@@ -28,7 +29,8 @@ def make_train_step(exp: Experiment):
   """Jitted (state, batch int32[batch, seq_len]) -> (state, metrics); state donated.
 
   The step's randomness is `fold_in(key(seed), step)`, so a resumed run draws
-  exactly what an uninterrupted one would.
+  exactly what an uninterrupted one would. A NaN/Inf loss or gradient leaves
+  the parameters and optimizer state unchanged (`nonfinite`).
   """
   objective, schedule = exp.objective, exp.lr_schedule
   seed = exp.config.seed
@@ -40,15 +42,18 @@ def make_train_step(exp: Experiment):
       with exp.activation_sharding():
         return objective.loss(exp.model(params), batch, rng)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = exp.optimizer.update(grads, state["opt_state"], state["params"])
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = {
         "step": state["step"] + 1,
-        "params": optax.apply_updates(state["params"], updates),
-        "opt_state": opt_state,
+        **nonfinite.keep_if_finite(finite, {
+            "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state},
+            {"params": state["params"], "opt_state": state["opt_state"]}),
     }
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state["step"]))
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+                   nonfinite=(~finite).astype(jnp.int32))
     return new_state, metrics
 
   return jax.jit(
@@ -109,12 +114,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   bar = progress_bar(config.num_train_steps, start, config.progress_bar)
   log = StepLogger(MetricWriter(workdir), bar, tokens_per_step=config.batch_size * config.seq_len,
                    flops_per_token=flops, peak_flops=peak)
+  guard = nonfinite.Guard(config.nan_policy, workdir)
   for step in range(start, config.num_train_steps):
     with log.host():
-      batch = to_global(next(data_iter), exp.batch_sharding)
-      state, metrics = train_step(state, batch)
+      host_batch = next(data_iter)
+      state, metrics = train_step(state, to_global(host_batch, exp.batch_sharding))
     log.flush()  # The previous step's metrics, while this step runs.
     done = step + 1
+    bad_step = guard.check(done, metrics["nonfinite"], host_batch)
+    if bad_step is not None:
+      _stop(ckpt, done, state, data_iter, config_dict, log)
+      raise guard.error(bad_step, done)
     bar.update(1)
     if step == start:  # Start-up ends when the first step has run; speed is measured after it.
       jax.block_until_ready(metrics)
@@ -123,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
                             peak_source=peak_source))
       log.start_intervals(done)
     if done % config.log_every_steps == 0 or done == config.num_train_steps:
-      log.record_train(done, metrics)
+      log.record_train(done, dict(metrics, nonfinite_skipped=guard.skipped))
     if done % config.eval_every_steps == 0 and done < config.num_train_steps:
       with log.paused(metrics):
         log.record(done, _eval_scalars(evaluation.evaluate(
@@ -135,6 +145,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
     if stop.reached(done) and done < config.num_train_steps:
       return _preempted(ckpt, done, state, data_iter, config_dict, workdir, log)
   log.flush()  # The last interval's speed, before the final evaluation.
+  bad_step = guard.check()
+  if bad_step is not None:
+    _stop(ckpt, int(state["step"]), state, data_iter, config_dict, log)
+    raise guard.error(bad_step, int(state["step"]))
   bar.close()
   ckpt.wait()
 
@@ -152,8 +166,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   return final
 
 
-def _preempted(ckpt, step, state, data_iter, config_dict, workdir, log) -> dict:
-  """Saves `step` (unless just saved), marks the workdir preempted, returns {}."""
+def _stop(ckpt, step, state, data_iter, config_dict, log) -> None:
+  """Ends the loop early: saves `step` (unless just saved) and closes the writers."""
   log.flush()
   log.bar.close()
   if ckpt.latest_step() != step:
@@ -161,6 +175,11 @@ def _preempted(ckpt, step, state, data_iter, config_dict, workdir, log) -> dict:
   ckpt.wait()
   ckpt.close()
   log.writer.close()
+
+
+def _preempted(ckpt, step, state, data_iter, config_dict, workdir, log) -> dict:
+  """Saves `step`, marks the workdir preempted, returns {}."""
+  _stop(ckpt, step, state, data_iter, config_dict, log)
   preemption.mark(workdir, step)
   if jax.process_index() == 0:
     print(f"Preempted (SIGTERM): saved step {step}; rerun the same command to resume.")
