@@ -1,10 +1,16 @@
-"""tokjax.checkpoint: which config changes a checkpoint survives."""
+"""tokjax.checkpoint: which config changes a checkpoint survives, and damaged checkpoints."""
 import copy
+import json
+import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tiny import tiny_config
-from tokjax.checkpoint import check_compatible
+from tokjax.checkpoint import Checkpointer, check_compatible
+from tokjax.data import train_iterator
 
 
 def _config():
@@ -36,3 +42,48 @@ def test_state_shaping_settings_may_not(section, key, value):
   (current[section] if section else current)[key] = value
   with pytest.raises(ValueError, match=f"different config(.|\n)*{key}"):
     check_compatible(saved, current, "DIR")
+
+
+def _iterator():
+  tokens = (np.arange(4000) % 256).astype(np.int32)
+  return train_iterator(tokens, seq_len=8, batch_size=2, seed=0, process_index=0,
+                        process_count=1)
+
+
+def _garble(directory):
+  """Overwrites the middle of every file under `directory` with junk."""
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, "r+b") as f:
+        f.seek(size // 3)
+        f.write(b"\xff\x00junk" * max(1, size // 18))
+
+
+def test_a_garbled_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  config = _config()
+  ckpt = Checkpointer(str(tmp_path), async_save=False)
+  data = _iterator()
+  for step in (1, 2, 3):
+    next(data)
+    ckpt.save(step, {"params": {"w": jnp.full((4,), float(step))}}, data, config)
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}}
+  _garble(tmp_path / "checkpoints" / "3")
+  assert Checkpointer(str(tmp_path)).saved_config() == json.loads(json.dumps(config))
+  params, step = Checkpointer(str(tmp_path)).restore_params(abstract["params"], config)
+  assert step == 2 and np.all(np.asarray(params["w"]) == 2.0)  # Reading moves nothing.
+  resumed = _iterator()
+  state, step = Checkpointer(str(tmp_path)).restore(abstract, config, resumed)
+  assert step == 2 and np.all(np.asarray(state["params"]["w"]) == 2.0)
+  reference = _iterator()
+  for _ in range(3):
+    after_two = next(reference)
+  np.testing.assert_array_equal(next(resumed), after_two)  # The data position of step 2.
+  out = capsys.readouterr().out
+  assert "checkpoints/3 cannot be read" in out and "corrupt_checkpoints" in out
+  assert os.listdir(tmp_path / "checkpoints") and "3" not in os.listdir(tmp_path / "checkpoints")
+  for step in (1, 2):
+    _garble(tmp_path / "checkpoints" / str(step))
+  with pytest.raises(RuntimeError, match="No checkpoint .* can be read"):
+    Checkpointer(str(tmp_path)).restore(abstract, config, _iterator())

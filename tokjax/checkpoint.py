@@ -2,6 +2,8 @@
 
 Orbax writes each step into a temporary directory and renames it only once
 complete, so a crash or SIGKILL mid-save leaves the previous checkpoint intact.
+A checkpoint damaged afterwards (a truncated or garbled file) is reported and
+skipped: the run resumes from the newest one that reads.
 The config is saved beside the state, and a restore under a config that changes
 the model, objective, tokenizer or optimizer shape fails with a clear error.
 """
@@ -10,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from tokjax.models.transformer import TransformerConfig
 
@@ -66,26 +71,30 @@ class Checkpointer:
     )
 
   def restore(self, abstract_state, config_dict: dict, data_iterator=None):
-    """Restores the latest checkpoint onto `abstract_state`'s shardings.
+    """Restores the latest readable checkpoint onto `abstract_state`'s shardings.
 
-    A given `data_iterator` is moved to the saved position in place. Returns
-    (state, step), or (None, None) when there is no checkpoint.
+    A given `data_iterator` is moved to the saved position in place. A
+    checkpoint that cannot be read (truncated or garbled files) is reported,
+    moved to WORKDIR/corrupt_checkpoints/STEP, and the one before it is
+    tried. Returns (state, step), or (None, None) when there is no checkpoint.
 
     Raises:
       ValueError: the checkpoint was written by an incompatible config.
+      RuntimeError: checkpoints exist but none can be read.
     """
-    step = self.manager.latest_step()
-    if step is None:
+    def read(step):
+      items = dict(state=ocp.args.StandardRestore(abstract_state))
+      if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    if self.manager.latest_step() is None:
       return None, None
-    check_compatible(self.saved_config(), config_dict, self.manager.directory)
-    items = dict(state=ocp.args.StandardRestore(abstract_state))
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], step
+    return self._first_readable(read, config_dict, quarantine=True)
 
   def restore_params(self, abstract_params, config_dict: dict):
-    """Restores only the parameters of the latest checkpoint, onto their shardings.
+    """Restores only the parameters of the latest readable checkpoint, onto
+    their shardings (an unreadable one is reported and skipped, not moved).
 
     For sampling and evaluation: the optimizer state is never read. Returns
     (params, step).
@@ -93,28 +102,75 @@ class Checkpointer:
     Raises:
       FileNotFoundError: no checkpoint in the workdir.
       ValueError: the checkpoint was written by an incompatible config.
+      RuntimeError: checkpoints exist but none can be read.
     """
-    check_compatible(self.saved_config(), config_dict, self.manager.directory)
     item = {"params": abstract_params}
     args = ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)
-    step = self.manager.latest_step()
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
-    return restored["state"]["params"], step
+
+    def read(step):
+      return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+
+    self._latest()  # Raises FileNotFoundError without a checkpoint.
+    return self._first_readable(read, config_dict, quarantine=False)
+
+  def _first_readable(self, read, config_dict: dict | None, quarantine: bool):
+    """(read(step), step) for the newest step that reads, checking each one's
+    config against config_dict; with config_dict None, (its config, step)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = self._config_at(step)
+      except Exception as error:  # Orbax raises many kinds on damaged files.
+        self._report(step, error, quarantine)
+        continue
+      if config_dict is None:
+        return saved, step
+      check_compatible(saved, config_dict, self.manager.directory)
+      try:
+        return read(step), step
+      except Exception as error:
+        self._report(step, error, quarantine)
+    raise RuntimeError(
+        f"No checkpoint in {self.manager.directory} can be read (see the warnings above). "
+        "Start a new run with another --workdir, or move the checkpoints directory aside.")
+
+  def _report(self, step: int, error: Exception, quarantine: bool) -> None:
+    """Warns about unreadable checkpoint `step`; with `quarantine`, moves it
+    to WORKDIR/corrupt_checkpoints/STEP so that the step can be saved again."""
+    directory = os.path.join(str(self.manager.directory), str(step))
+    moved = ""
+    if quarantine:
+      target = os.path.join(os.path.dirname(str(self.manager.directory)), "corrupt_checkpoints")
+      if jax.process_index() == 0:
+        os.makedirs(target, exist_ok=True)
+        shutil.move(directory, os.path.join(target, f"{step}-{int(time.time())}"))
+      multihost_utils.sync_global_devices("tokjax_quarantine")
+      self.manager.reload()
+      moved = f"; moved to {target}"
+    print(f"WARNING: checkpoint {directory} cannot be read ({type(error).__name__}: "
+          f"{str(error)[:200]}){moved}; trying the previous one.", flush=True)
 
   def saved_config(self) -> dict:
-    """The config dict stored with the latest checkpoint.
+    """The config dict stored with the latest checkpoint whose config reads.
 
     Raises:
       FileNotFoundError: no checkpoint in the workdir.
+      RuntimeError: checkpoints exist but none can be read.
     """
+    self._latest()
+    return self._first_readable(lambda step: None, None, quarantine=False)[0]
+
+  def _latest(self) -> int:
     step = self.manager.latest_step()
     if step is None:
       raise FileNotFoundError(
           f"No checkpoint in {self.manager.directory}; train first with "
           "python -m tokjax.train --workdir DIR, then pass the same --workdir."
       )
+    return step
+
+  def _config_at(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
   def wait(self) -> None:
