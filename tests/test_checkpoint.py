@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from tiny import tiny_config
-from tokjax.checkpoint import Checkpointer, check_compatible
+import orbax.checkpoint as ocp
+
+from tokjax.checkpoint import Checkpointer, CheckpointWriteError, check_compatible
 from tokjax.data import train_iterator
 
 
@@ -87,3 +89,25 @@ def test_a_garbled_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     _garble(tmp_path / "checkpoints" / str(step))
   with pytest.raises(RuntimeError, match="No checkpoint .* can be read"):
     Checkpointer(str(tmp_path)).restore(abstract, config, _iterator())
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  config = _config()
+  ckpt = Checkpointer(str(tmp_path), async_save=False)
+  data = _iterator()
+  ckpt.save(1, {"params": {"w": jnp.ones((4,))}}, data, config)
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", full_disk)
+  with pytest.raises(CheckpointWriteError, match=r"checkpoint 2 .*No space left.*\[1\] are intact"):
+    ckpt.save(2, {"params": {"w": jnp.zeros((4,))}}, data, config)
+  monkeypatch.undo()
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}}
+  state, step = Checkpointer(str(tmp_path)).restore(abstract, config, _iterator())
+  assert step == 1 and np.all(np.asarray(state["params"]["w"]) == 1.0)
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(CheckpointWriteError, match="writable --workdir"):
+    Checkpointer(str(blocker / "run"))

@@ -3,12 +3,14 @@
 Orbax writes each step into a temporary directory and renames it only once
 complete, so a crash or SIGKILL mid-save leaves the previous checkpoint intact.
 A checkpoint damaged afterwards (a truncated or garbled file) is reported and
-skipped: the run resumes from the newest one that reads.
+skipped: the run resumes from the newest one that reads. A failed write (disk
+full, unwritable directory) is a `CheckpointWriteError` naming the intact ones.
 The config is saved beside the state, and a restore under a config that changes
 the model, objective, tokenizer or optimizer shape fails with a clear error.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,12 +46,22 @@ def signature(config: dict) -> dict:
       **{k: config.get(k) for k in keys}}))
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, unwritable directory)."""
+
+
 class Checkpointer:
   """Saves and restores {state, data iterator, config} under WORKDIR/checkpoints."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    try:
+      os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+      raise CheckpointWriteError(f"Cannot create the checkpoint directory {directory} "
+                                 f"({error}); pass a writable --workdir.") from error
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        directory,
         item_names=("state", "data", "config"),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save
@@ -60,15 +72,34 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator, config_dict: dict) -> None:
-    """Starts an (async) save of `state`, the iterator position and the config."""
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config_dict),
-        ),
-    )
+    """Starts an (async) save of `state`, the iterator position and the config.
+
+    Raises:
+      CheckpointWriteError: the disk is full or the directory unwritable (the
+        write of an earlier async save may surface here too).
+    """
+    with self._writing(step):
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=grain.checkpoint.CheckpointSave(data_iterator),
+              config=ocp.args.JsonSave(config_dict),
+          ),
+      )
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    try:
+      yield
+    except Exception as error:
+      done = sorted(self.manager.all_steps())
+      what = f"checkpoint {step}" if step is not None else "a checkpoint"
+      raise CheckpointWriteError(
+          f"Could not write {what} to {self.manager.directory}: {type(error).__name__}: "
+          f"{error}. Orbax writes into a temporary directory first, so the finished "
+          f"checkpoints {done} are intact. Free disk space (or fix the directory's "
+          "permissions), then rerun the same command to resume.") from error
 
   def restore(self, abstract_state, config_dict: dict, data_iterator=None):
     """Restores the latest readable checkpoint onto `abstract_state`'s shardings.
@@ -174,7 +205,9 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for an async save (raises CheckpointWriteError as `save`)."""
+    with self._writing(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
