@@ -61,26 +61,32 @@ def train_iterator(
 ) -> grain.DatasetIterator:
   """Endless iterator of int32[local_batch, seq_len], local_batch = batch_size // process_count.
 
-  Process p owns windows p, p + process_count, ...; it sees each of them once
-  per epoch, in an order drawn from `seed` and the epoch number. Batches may
-  straddle epochs. Save and restore the position with `get_state`/`set_state`.
+  The global batches do not depend on the process count: one order of all
+  windows per epoch, drawn from `seed` and the epoch number, is cut into
+  global batches of batch_size windows (batches may straddle epochs), and
+  process p reads only rows p * local_batch ... (p + 1) * local_batch - 1 of
+  each, the rows `to_global` places on its devices. So a run on any number of
+  processes trains on exactly the batches of a one-process run. Save and
+  restore the position with `get_state`/`set_state`.
 
   Raises:
-    ValueError: bad batch size, or fewer windows than processes.
+    ValueError: bad batch size, or fewer windows than one global batch.
   """
   local = local_batch_size(batch_size, process_index, process_count)
-  windows = pack(tokens, seq_len, pad_id)[process_index::process_count]
-  if not len(windows):
+  windows = pack(tokens, seq_len, pad_id)
+  if len(windows) < batch_size:
     raise ValueError(
-        f"Process {process_index} got no windows: the stream has "
-        f"{np.size(tokens)} tokens for seq_len={seq_len} and {process_count} "
-        "processes. Use more data or a shorter seq_len."
+        f"The stream has {np.size(tokens)} tokens, {len(windows)} windows of seq_len={seq_len}, "
+        f"fewer than one batch of batch_size={batch_size}. Use more data, a shorter seq_len "
+        "or a smaller batch_size."
     )
+  rows = slice(process_index * local, (process_index + 1) * local)
   dataset = (
-      grain.MapDataset.source(windows)
+      grain.MapDataset.range(len(windows))
       .shuffle(seed=seed)
       .repeat()
-      .batch(local, drop_remainder=True)
+      .batch(batch_size, drop_remainder=True)
+      .map(lambda ids: windows[ids[rows]])
   )
   return iter(dataset.to_iter_dataset(READ_OPTIONS))
 
