@@ -41,23 +41,27 @@ def test_categorical_frequencies_pass_chi_square(precision):
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS, jnp.float32)), (n, PROBS.size))
 
   def draws(rng, logits):  # logits as an argument: XLA would constant-fold the sorts
-    keys = jax.random.split(rng, 4)
+    keys = jax.random.split(rng, 5)
     return (
         sample_categorical(keys[0], logits, precision=precision),
         sample_categorical(keys[1], logits, temperature=2.0, precision=precision),
         sample_categorical(keys[2], logits, top_k=2, precision=precision),
         sample_categorical(keys[3], logits, top_p=0.8, precision=precision),
+        sample_categorical(keys[4], logits, temperature=2.0, min_p=0.45, precision=precision),
     )
 
   with precision_scope(precision):
-    plain, hot, top2, nucleus = jax.jit(draws)(jax.random.key(0), logits)
+    plain, hot, top2, nucleus, min_p = jax.jit(draws)(jax.random.key(0), logits)
   expected = [
       PROBS,
       truncated(np.sqrt(PROBS), np.ones(5, bool)),
       truncated(PROBS, np.arange(5) < 2),
       truncated(PROBS, np.arange(5) < 3),   # 0.4 + 0.3 < 0.8 <= 0.4 + 0.3 + 0.15
+      # min-p after temperature (Nguyen et al. 2024): p ~ sqrt(PROBS), whose
+      # ratios to the largest are 1, .87, .61, .50, .35: 0.45 drops the last.
+      truncated(np.sqrt(PROBS), np.sqrt(PROBS / PROBS[0]) >= 0.45),
   ]
-  for sample, p in zip((plain, hot, top2, nucleus), expected):
+  for sample, p in zip((plain, hot, top2, nucleus, min_p), expected):
     counts = np.bincount(np.asarray(sample), minlength=5)
     assert counts[p == 0].sum() == 0
     support = p > 0
@@ -189,7 +193,7 @@ def counting_fns(vocab):
     assert kwargs.get("attention", "causal") == "causal"
     return 30.0 * jax.nn.one_hot((tokens + 1) % vocab, vocab)
 
-  def decode(params, tokens, positions, cache):
+  def decode(params, tokens, positions, cache, **kwargs):  # write_at, kv_mask: one cache slot
     return forward(params, tokens), cache
 
   return ModelFns(forward, decode, lambda batch, length: jnp.zeros(()), None)
@@ -445,9 +449,9 @@ def test_config_sections_are_the_samplers_own_defaults(name):
 
 
 def test_registry_model_fns_and_debug_errors():
-  assert set(SAMPLERS) == {"ar", "first_hitting", "maskgit", "md4"}
+  assert {"ar", "beam", "first_hitting", "maskgit", "md4"} <= set(SAMPLERS)
   with pytest.raises(ValueError, match="'ar'"):
-    get_sampler("beam")
+    get_sampler("nucleus")
   config = TransformerConfig(vocab_size=8, num_layers=3, d_model=8, num_heads=2, d_ff=8,
                              max_seq_len=12)
   fns = model_fns(nnx.graphdef(Transformer(config, rngs=nnx.Rngs(0))), config)

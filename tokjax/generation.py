@@ -33,8 +33,13 @@ def sampler_name(exp) -> str:
   return exp.objective.pick_sampler(exp.config.sampler.name)
 
 
-def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[list, dict]:
+def generate(exp, params, *, prompt: str | Sequence[str], num_samples: int,
+             seed: int) -> tuple[list, dict]:
   """Samples `num_samples` continuations of `prompt` (a BOS is prepended).
+
+  Several prompts (a sequence of strings) are sampled in one batch,
+  `num_samples` rows each, prompt by prompt; prompts of different lengths are
+  left-padded with PAD, which the AR samplers skip (ragged prompts).
 
   An image run samples whole images from BOS alone: AR appends the pixels or
   codes (sampler.ar.max_new_tokens of them; configs/fashion_mnist.py sets a
@@ -52,16 +57,23 @@ def generate(exp, params, *, prompt: str, num_samples: int, seed: int) -> tuple[
       prompt for an image run.
   """
   tok = exp.tokenizer
-  ids = _prompt_ids(tok, prompt)
+  prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+  ids = _left_padded([_prompt_ids(tok, p) for p in prompts], tok.pad_id, num_samples)
   classes = np.repeat(np.arange(getattr(tok, "num_classes", 0)), num_samples)
   if classes.size:
     ids = np.asarray(tok.class_ids, np.int32)[classes, None]
-  rows, record = _run(exp, params, ids, num_samples=len(ids) if classes.size else num_samples,
-                      seed=seed)
-  record = dict(record, prompt=prompt, **({"classes": classes.tolist()} if classes.size else {}))
+  rows, record = _run(exp, params, ids, num_samples=len(ids), seed=seed)
+  record = dict(record, prompt=prompt if isinstance(prompt, str) else prompts, **({"classes": classes.tolist()} if classes.size else {}))
   if hasattr(tok, "decode_batch"):  # Codes -> images: one decoder pass.
     return list(tok.decode_batch(rows)), record
   return [tok.decode(row) for row in rows], record
+
+
+def _left_padded(prompts: list[np.ndarray], pad_id: int, repeat: int) -> np.ndarray:
+  """int32[len(prompts) * repeat, longest]: each prompt `repeat` times, left-padded with pad_id."""
+  longest = max(len(p) for p in prompts)
+  rows = [np.concatenate([np.full(longest - len(p), pad_id, np.int32), p]) for p in prompts]
+  return np.repeat(np.stack(rows).astype(np.int32), repeat, axis=0)
 
 
 def _prompt_ids(tok, prompt: str) -> np.ndarray:
@@ -146,6 +158,9 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
   kwargs = module.bind(dict(c.sampler[name]), exp.objective.sampling_spec(), exp.tokenizer,
                        seq_len=c.seq_len, prompt_len=prompt_len)
   masked = "seq_len" in kwargs  # Masked samplers fill a canvas; AR appends after the prompt.
+  if masked and np.any(np.asarray(ids)[..., 0] == exp.tokenizer.pad_id):
+    raise ValueError(f"Sampler {name!r} fills a canvas after one prompt length; prompts of "
+                     "different lengths need an autoregressive sampler (--sampler.name=ar).")
   if prompt_len + (0 if masked else 1) > c.seq_len:
     raise ValueError(f"The prompt is {prompt_len} tokens but seq_len is {c.seq_len}; shorten it.")
   length = seq_len or c.sampler.length or c.seq_len
@@ -181,8 +196,11 @@ def prompt_rows(batch_sharding, ids: np.ndarray, num_samples: int) -> jax.Array:
 
 
 def write_samples(exp, params, workdir: str, step: int, filename: str = "samples.json",
-                  infill_text: str | None = None, **infill_kwargs) -> list:
+                  infill_text: str | None = None, prompts: Sequence[str] | None = None,
+                  **infill_kwargs) -> list:
   """Prints samples from the config's sampler and writes them to WORKDIR/filename.
+
+  `prompts`, several prompts sampled in one batch, replaces sampler.prompt.
 
   With `infill_text`, fills its holes instead (see `infill` for the kwargs).
   Image samples (a PixelTokenizer) go into the JSON as uint8 rows of pixel
@@ -195,7 +213,8 @@ def write_samples(exp, params, workdir: str, step: int, filename: str = "samples
   if not sampler_name(exp):
     return write_pictures(exp, params, workdir, filename)
   if infill_text is None:
-    texts, record = generate(exp, params, prompt=s.prompt, num_samples=s.num_samples, seed=s.seed)
+    texts, record = generate(exp, params, prompt=prompts or s.prompt,
+                             num_samples=s.num_samples, seed=s.seed)
   else:
     texts, record = infill(exp, params, infill_text, num_samples=s.num_samples, seed=s.seed,
                            **infill_kwargs)

@@ -1,6 +1,6 @@
 """CLI: sample from the latest checkpoint of a run.
 
-  python -m tokjax.sample --workdir DIR [--sampler.prompt=TEXT] [--sampler.num_samples=N] \
+  python -m tokjax.sample --workdir DIR [--prompt=TEXT [--prompt=TEXT2 ...]] [--num_samples=N] \
       [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...]
 
 With --infill "To be, or ____ to be" the model fills the holes instead
@@ -19,7 +19,9 @@ from tokjax.config import sampler_config
 from tokjax.restore import load_run
 
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
-flags.DEFINE_string("prompt", None, "Text prefix to continue (default: the run's).")
+flags.DEFINE_multi_string("prompt", None, "Text prefix to continue (default: the run's); "
+                          "repeat the flag to sample several prompts, of any lengths, in "
+                          "one batch (num_samples rows each).")
 flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's).")
 flags.DEFINE_string("infill", None, "Text whose --placeholder holes the model fills, e.g. "
                     "'To be, or ____ to be' (md4, maskgit, mlm, fim, cm3, span_corruption).")
@@ -37,13 +39,14 @@ def main(argv):
   runtime.initialize()
   f = flags.FLAGS
   overrides = dict(config_flags.get_override_values(f["sampler"]))
-  if f.prompt is not None:
-    overrides["prompt"] = f.prompt
+  if f.prompt and len(f.prompt) == 1:
+    overrides["prompt"] = f.prompt[0]
   if f.num_samples is not None:
     overrides["num_samples"] = f.num_samples
   exp, params, step = load_run(f.workdir, overrides)
   if f.infill is None:
-    generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json")
+    generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json",
+                             prompts=f.prompt if f.prompt and len(f.prompt) > 1 else None)
   else:
     generation.write_samples(exp, params, f.workdir, step, f"infill_{step}.json", f.infill,
                              placeholder=f.placeholder, hole_len=f.hole_len)

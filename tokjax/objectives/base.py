@@ -75,6 +75,10 @@ def forbid_ids(logits: jax.Array, *ids: int) -> jax.Array:
   return logits.at[..., jnp.asarray(ids)].set(-jnp.inf)
 
 
+# The samplers that fit a causal LM whose prompt attends causally (causal,
+# multi_token, fim, cm3 and meap models).
+CAUSAL_LM_SAMPLERS = ("ar", "beam", "speculative")
+
 @flax.struct.dataclass
 class ModelInputs:
   """What the backbone sees.

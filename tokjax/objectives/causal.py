@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.objectives.base import (
-    ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
+    CAUSAL_LM_SAMPLERS, ModelInputs, Objective, SamplingSpec, Targets, forbid_ids, from_tokenizer)
 
 
 def next_token(tokens: jax.Array, pad_id: int) -> tuple[ModelInputs, Targets]:
@@ -54,7 +54,7 @@ class Causal(Objective):
   name: str = dataclasses.field(default="causal", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=CAUSAL_LM_SAMPLERS, init=False)
 
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[ModelInputs, Targets]:
     del rng  # Deterministic.

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets, from_tokenizer
+from tokjax.objectives.base import CAUSAL_LM_SAMPLERS, ModelInputs, Objective, Targets, from_tokenizer
 from tokjax.objectives.causal import PlainOrderEvaluation
 
 
@@ -172,7 +172,7 @@ class CM3(PlainOrderEvaluation, Objective):
   name: str = dataclasses.field(default="cm3", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=CAUSAL_LM_SAMPLERS, init=False)
 
   def __post_init__(self):
     if self.max_spans < 1:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.objectives.base import ModelInputs, Objective, Targets, from_tokenizer
+from tokjax.objectives.base import CAUSAL_LM_SAMPLERS, ModelInputs, Objective, Targets, from_tokenizer
 from tokjax.objectives.causal import PlainOrderEvaluation
 from tokjax.objectives.cm3 import arrange, causal_targets, real_length
 
@@ -63,7 +63,7 @@ class FIM(PlainOrderEvaluation, Objective):
   name: str = dataclasses.field(default="fim", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=CAUSAL_LM_SAMPLERS, init=False)
 
   def __post_init__(self):
     for key in ("fim_rate", "fim_spm_rate"):

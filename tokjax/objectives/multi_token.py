@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from tokjax.models import TransformerConfig
 from tokjax.models.multi_token import MultiTokenModel
-from tokjax.objectives.base import ModelInputs, Objective, Targets
+from tokjax.objectives.base import CAUSAL_LM_SAMPLERS, ModelInputs, Objective, Targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class MultiToken(Objective):
   name: str = dataclasses.field(default="multi_token", init=False)
   attention: str = dataclasses.field(default="causal", init=False)
   likelihood_kind: str = dataclasses.field(default="exact", init=False)
-  samplers: tuple[str, ...] = dataclasses.field(default=("ar",), init=False)
+  samplers: tuple[str, ...] = dataclasses.field(default=CAUSAL_LM_SAMPLERS, init=False)
 
   def __post_init__(self):
     if self.num_predict < 2:

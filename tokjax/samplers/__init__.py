@@ -8,11 +8,12 @@ prompt_len=)`, which adds what a run fixes (ids, schedule) from the objective's
 """
 import inspect
 
-from tokjax.samplers import autoregressive, first_hitting, maskgit, md4
+from tokjax.samplers import autoregressive, beam, first_hitting, maskgit, md4, speculative
 from tokjax.samplers.base import ModelFns, SampleOutput, SamplingSpec, model_fns
 from tokjax.samplers.categorical import precision_scope, sample_categorical
 
-SAMPLERS = {"ar": autoregressive, "first_hitting": first_hitting, "maskgit": maskgit, "md4": md4}
+SAMPLERS = {"ar": autoregressive, "beam": beam, "first_hitting": first_hitting, "maskgit": maskgit,
+            "md4": md4, "speculative": speculative}
 
 
 def sampler_module(name: str):

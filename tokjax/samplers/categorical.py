@@ -1,4 +1,4 @@
-"""Categorical draws with temperature, top-k, nucleus filtering and a precision knob.
+"""Categorical draws with temperature, top-k, nucleus and min-p filtering and a precision knob.
 
 Draws use the Gumbel-max trick: argmax(logits / temperature + g), g ~ Gumbel(0, 1).
 JAX's float32 uniforms carry 23 random bits, so float32 Gumbel noise never
@@ -53,6 +53,7 @@ def sample_categorical(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_p: float = 0.0,
     precision: str = "float32",
 ) -> jax.Array:
   """Draws one token per row of `logits`.
@@ -66,31 +67,61 @@ def sample_categorical(
     top_p: nucleus sampling (Holtzman et al. 2020): keep the smallest set of
       most likely tokens whose probability (after temperature and top-k) is
       >= top_p; 1.0 keeps all.
+    min_p: min-p sampling ("Turning Up the Heat: Min-p Sampling for Creative
+      and Coherent LLM Outputs", Nguyen et al. 2024): keep the tokens whose
+      probability after temperature is >= min_p times the largest one's;
+      0.0 keeps all. It commutes with top-k and top-p (both keep the argmax).
     precision: 'float32' or 'float64' for the Gumbel noise and perturbed logits.
 
   Returns:
     int32[...] token ids.
 
   Raises:
-    ValueError: temperature < 0, top_k < 0, top_p outside (0, 1], an unknown
-      precision, or 'float64' outside `precision_scope`.
+    ValueError: temperature < 0, top_k < 0, top_p outside (0, 1], min_p
+      outside [0, 1], an unknown precision, or 'float64' outside `precision_scope`.
   """
-  _check_filters(temperature, top_k, top_p)
-  dtype = _dtype(precision)
   if temperature == 0:
+    check_filters(temperature, top_k, top_p, min_p)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  scaled = filtered_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                           min_p=min_p, precision=precision)
+  noise = gumbel_noise(rng, scaled.shape, precision)
+  return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+
+
+def filtered_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                    min_p: float = 0.0, precision: str = "float32") -> jax.Array:
+  """The logits whose softmax `sample_categorical` draws from (temperature > 0).
+
+  Args and errors as `sample_categorical`.
+
+  Returns:
+    float[..., vocab] in the precision's dtype: logits / temperature with the
+    tokens min-p, top-k and top-p remove at -inf.
+  """
+  check_filters(temperature, top_k, top_p, min_p)
+  if temperature == 0:
+    raise ValueError("filtered_logits needs temperature > 0; temperature 0 is the argmax.")
+  dtype = _dtype(precision)
   scaled = logits.astype(dtype) / jnp.asarray(temperature, dtype)
+  if min_p > 0:
+    scaled = _min_p_filter(scaled, min_p)
   if 0 < top_k < logits.shape[-1]:
     scaled = _top_k_filter(scaled, top_k)
   if top_p < 1.0:
     scaled = _top_p_filter(scaled, top_p)
-  noise = gumbel_noise(rng, scaled.shape, precision)
-  return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+  return scaled
 
 
 def _top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   kth = jax.lax.top_k(logits, k)[0][..., -1:]
   return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def _min_p_filter(logits: jax.Array, min_p: float) -> jax.Array:
+  """Sets to -inf every token with p < min_p * max p, i.e. logit < max logit + log(min_p)."""
+  threshold = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.asarray(min_p, logits.dtype))
+  return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
 def _top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
@@ -118,10 +149,13 @@ def _dtype(precision: str):
   return jnp.float64 if precision == "float64" else jnp.float32
 
 
-def _check_filters(temperature: float, top_k: int, top_p: float) -> None:
+def check_filters(temperature: float, top_k: int, top_p: float, min_p: float = 0.0) -> None:
+  """Raises ValueError, naming the allowed range, on a bad sampling setting."""
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
   if top_k < 0:
     raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}.")
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}.")
+  if not 0 <= min_p <= 1:
+    raise ValueError(f"min_p must be in [0, 1] (0 = no min-p filter), got {min_p}.")
