@@ -125,6 +125,38 @@ def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):
   assert all(s.startswith("ROMEO:") for s in record["samples"])
 
 
+def _sample(workdir, *flags):
+  """Runs the sample CLI; returns its record (samples_6.json)."""
+  _cli("sample", f"--workdir={workdir}", *flags)
+  return json.load(open(os.path.join(workdir, "samples_6.json")))
+
+
+def test_the_autoregressive_samplers_through_the_sample_cli(causal_run, train):
+  """Speculative decoding with each drafter (a draft run: the run itself, whose
+  proposals are then all accepted), beam search over ragged prompts, and AR
+  with a stop sequence and a rolling cache past seq_len (32), all through
+  `python -m tokjax.sample`."""
+  workdir, _ = causal_run
+  record = _sample(workdir, "--sampler.name=speculative", "--prompt=ROMEO:", "--prompt=O")
+  assert record["sampler"] == "speculative" and record["prompt"] == ["ROMEO:", "O"]
+  assert [s[:6] for s in record["samples"]] == ["ROMEO:"] * 2 + ["O" + s[1:6] for s in
+                                                                    record["samples"][2:]]
+  record = _sample(workdir, "--sampler.name=speculative", "--sampler.speculative.draft=model",
+                   f"--sampler.speculative.draft_workdir={workdir}", "--num_samples=1")
+  assert record["draft"] == "model" and len(record["samples"]) == 1
+  record = _sample(workdir, "--sampler.name=beam", "--prompt=ROMEO:", "--prompt=O",
+                   "--num_samples=1", "--sampler.beam.num_beams=3")
+  assert record["num_beams"] == 3 and record["samples"][0].startswith("ROMEO:")
+  record = _sample(workdir, "--prompt=A", "--sampler.ar.window=16", "--sampler.ar.sinks=2",
+                   "--sampler.ar.max_new_tokens=40", "--sampler.ar.temperature=0",
+                   "--sampler.ar.stop_sequences=('e',)")
+  assert record["length"] == 42 and all(s.count("e") <= 1 for s in record["samples"])
+  mtp, _ = train("multi_token")
+  record = _sample(mtp, "--sampler.name=speculative", "--sampler.speculative.draft=multi_token",
+                   "--sampler.speculative.num_draft_tokens=2")
+  assert record["draft"] == "multi_token" and len(record["samples"]) == 2
+
+
 def test_md4_evaluate_on_test_split(train):
   workdir, _ = train("md4")
   stdout = _cli("evaluate", f"--workdir={workdir}", "--split=test")
