@@ -4,15 +4,15 @@ from __future__ import annotations
 import ml_collections
 
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
-from tokjax.config import sampler_config
+from tokjax.config import base_config, sampler_config
 from tokjax.experiment import Experiment
 
 
 def load_run(workdir: str, sampler_overrides: dict | None = None):
   """Returns (Experiment, params, step) from the latest checkpoint in `workdir`.
 
-  Only the parameters are restored. The run's saved sampler settings are kept
-  (sections it lacks take today's defaults), and `sampler_overrides`, a flat
+  Only the parameters are restored. The run's saved settings are kept
+  (top-level settings and sampler sections it lacks take today's defaults), and `sampler_overrides`, a flat
   dict such as {'ar.top_p': 0.9, 'prompt': 'ROMEO:'}, is applied on top.
 
   Raises:
@@ -21,6 +21,9 @@ def load_run(workdir: str, sampler_overrides: dict | None = None):
   """
   ckpt = Checkpointer(workdir)
   config = ml_collections.ConfigDict(ckpt.saved_config())
+  for key, default in base_config().items():  # Settings added after the run was saved.
+    if key not in config:
+      config[key] = default
   sampler = sampler_config()
   sampler.update(config.sampler)
   for key, value in (sampler_overrides or {}).items():
