@@ -119,3 +119,39 @@ def test_two_process_sample(run):
   assert record["step"] == 4 and len(record["samples"]) == 2
   # The same sampler settings as the run's final samples, so the same texts.
   assert record["samples"] == json.load(open(os.path.join(run, "samples.json")))["samples"]
+
+
+def _losses(workdir) -> dict:
+  """step -> train loss."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def test_two_hosts_of_four_devices_train_as_one_of_eight(tmp_path):
+  """2 processes x 4 CPU devices (gloo) on the (2, 2, 2) fsdp_tp mesh train on
+  the batches of 1 process x 8 devices, with the same losses; the 2-process
+  checkpoint then resumes in 1 process on an (8,) data-parallel mesh, data
+  position kept, and continues with the same losses. The tolerance, 1e-5
+  relative, is for the order of the floating-point sums: gloo all-reduces
+  across processes in another order than XLA does within one."""
+  data_dir = str(tmp_path / "tfds")
+  dp_config, *flags = cli_flags(data_dir)  # --config=...shakespeare.py:...,size=tiny
+  flags += ["--config.num_train_steps=10", "--config.checkpoint_every_steps=5",
+            "--config.eval_every_steps=1000", "--config.sampler.ar.max_new_tokens=4"]
+  fsdp_tp = [f"{dp_config},mesh=fsdp_tp", "--config.mesh.shape=(2,2,2)"]
+  devices = lambda n: f"--xla_force_host_platform_device_count={n}"
+  reference, two, resumed = (str(tmp_path / name) for name in ("one", "two", "resumed"))
+  _run([sys.executable, "-m", "tokjax.train", f"--workdir={reference}", *fsdp_tp, *flags],
+       dict(ENV, XLA_FLAGS=devices(8)))
+  _run([LAUNCHER, "2", f"--workdir={two}", *fsdp_tp, *flags, "--config.num_train_steps=5"],
+       dict(ENV, XLA_FLAGS=devices(4), JAX_PORT=str(_free_port())))
+  want = _losses(reference)
+  for step, loss in _losses(two).items():
+    assert math.isclose(loss, want[step], rel_tol=1e-5), (step, loss, want[step])
+  shutil.copytree(os.path.join(two, "checkpoints"), os.path.join(resumed, "checkpoints"))
+  _run([sys.executable, "-m", "tokjax.train", f"--workdir={resumed}", dp_config, *flags],
+       dict(ENV, XLA_FLAGS=devices(8)))
+  got = _losses(resumed)
+  assert sorted(got) == list(range(6, 11))
+  for step, loss in got.items():
+    assert math.isclose(loss, want[step], rel_tol=1e-5), (step, loss, want[step])

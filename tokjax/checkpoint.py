@@ -1,4 +1,9 @@
-"""Checkpoints: orbax CheckpointManager over the train state, data iterator and config.
+"""Checkpoints: orbax CheckpointManager over the train state, data position and config.
+
+The data position is the train iterator's state as JSON: the same in every
+process (`data.train_iterator` walks one sequence of global batches), so a run
+saved by N processes resumes on any other number, onto any mesh (orbax
+reshards the state to the restoring run's shardings).
 
 Orbax writes each step into a temporary directory and renames it only once
 complete, so a crash or SIGKILL mid-save leaves the previous checkpoint intact.
@@ -17,7 +22,6 @@ import os
 import shutil
 import time
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -51,7 +55,7 @@ class CheckpointWriteError(OSError):
 
 
 class Checkpointer:
-  """Saves and restores {state, data iterator, config} under WORKDIR/checkpoints."""
+  """Saves and restores {state, data position, config} under WORKDIR/checkpoints."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -62,7 +66,7 @@ class Checkpointer:
                                  f"({error}); pass a writable --workdir.") from error
     self.manager = ocp.CheckpointManager(
         directory,
-        item_names=("state", "data", "config"),
+        item_names=("state", "data_position", "config"),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save
         ),
@@ -83,7 +87,7 @@ class Checkpointer:
           step,
           args=ocp.args.Composite(
               state=ocp.args.StandardSave(state),
-              data=grain.checkpoint.CheckpointSave(data_iterator),
+              data_position=ocp.args.JsonSave(data_iterator.get_state()),
               config=ocp.args.JsonSave(config_dict),
           ),
       )
@@ -116,8 +120,11 @@ class Checkpointer:
     def read(step):
       items = dict(state=ocp.args.StandardRestore(abstract_state))
       if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-      return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        items["data_position"] = ocp.args.JsonRestore()
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      if data_iterator is not None:
+        data_iterator.set_state(restored["data_position"])
+      return restored["state"]
 
     if self.manager.latest_step() is None:
       return None, None
