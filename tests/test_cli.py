@@ -7,25 +7,19 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from tiny import ROOT, cli_flags
+from test_cli_images import IMAGE_REPORTS
+from tiny import CLI_ENV, ROOT, cli_flags, run_cli
 from tokjax.objectives import REGISTRY
 
-ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+ENV = CLI_ENV
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _cli(module, *args, timeout=300):
-  out = subprocess.run([sys.executable, "-m", f"tokjax.{module}", *args], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=timeout)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
 
 
 def _losses(workdir):
@@ -98,21 +92,21 @@ def test_sigkill_sigterm_then_rerun_reproduces_losses_exactly(tmp_path, data_dir
   """A run killed mid-training (SIGKILL), then preempted (SIGTERM: it saves
   the step it reached, marks the workdir and exits 0), then rerun, logs
   exactly the uninterrupted losses."""
-  flags = [*cli_flags(data_dir), "--config.num_train_steps=300",
+  flags = [*cli_flags(data_dir), "--config.num_train_steps=150",
            "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000"]
   reference = str(tmp_path / "reference")
   _cli("train", f"--workdir={reference}", *flags)
   workdir = str(tmp_path / "killed")
   checkpoints = os.path.join(workdir, "checkpoints")
   _signal_after_checkpoint(workdir, flags, 10, signal.SIGKILL)
-  assert "300" not in os.listdir(checkpoints), "the run ended before it could be killed"
+  assert "150" not in os.listdir(checkpoints), "the run ended before it could be killed"
   assert _signal_after_checkpoint(workdir, flags, 20, signal.SIGTERM) == 0
   marked = int(open(os.path.join(workdir, "PREEMPTED")).read())
-  assert 20 <= marked < 300 and str(marked) in os.listdir(checkpoints)
+  assert 20 <= marked < 150 and str(marked) in os.listdir(checkpoints)
   _cli("train", f"--workdir={workdir}", *flags)
   assert not os.path.exists(os.path.join(workdir, "PREEMPTED"))
   assert _losses(workdir) == _losses(reference)
-  assert len(_losses(reference)) == 300
+  assert len(_losses(reference)) == 150
 
 
 def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):
@@ -132,8 +126,8 @@ def _sample(workdir, *flags):
 
 
 def test_the_autoregressive_samplers_through_the_sample_cli(causal_run, train):
-  """Speculative decoding with each drafter (a draft run: the run itself, whose
-  proposals are then all accepted), beam search over ragged prompts, and AR
+  """Speculative decoding (token recycling; the multi_token run's own heads),
+  beam search over ragged prompts, and AR
   with a stop sequence and a rolling cache past seq_len (32), all through
   `python -m tokjax.sample`."""
   workdir, _ = causal_run
@@ -141,9 +135,6 @@ def test_the_autoregressive_samplers_through_the_sample_cli(causal_run, train):
   assert record["sampler"] == "speculative" and record["prompt"] == ["ROMEO:", "O"]
   assert [s[:6] for s in record["samples"]] == ["ROMEO:"] * 2 + ["O" + s[1:6] for s in
                                                                     record["samples"][2:]]
-  record = _sample(workdir, "--sampler.name=speculative", "--sampler.speculative.draft=model",
-                   f"--sampler.speculative.draft_workdir={workdir}", "--num_samples=1")
-  assert record["draft"] == "model" and len(record["samples"]) == 1
   record = _sample(workdir, "--sampler.name=beam", "--prompt=ROMEO:", "--prompt=O",
                    "--num_samples=1", "--sampler.beam.num_beams=3")
   assert record["num_beams"] == 3 and record["samples"][0].startswith("ROMEO:")
@@ -236,100 +227,6 @@ def test_incompatible_checkpoint_is_a_clear_error(causal_run, data_dir):
 
 def test_expectations_cover_the_registry():
   assert set(EXPECTED) | set(IMAGE_REPORTS) == set(REGISTRY) | set(MIXTURE_FIRST)
-
-
-# ------------------------------------------------------------ images
-
-# The image objectives that see pixel values, and an entry their validation report must have.
-IMAGE_REPORTS = {"fsq": "codebook_perplexity", "mae": "mse", "classifier": "accuracy"}
-IMAGE_FLAGS = dict(batch_size=8, num_train_steps=4, log_every_steps=1, eval_every_steps=2,
-                   eval_steps=1, final_eval_steps=1, checkpoint_every_steps=2, progress_bar=False)
-
-
-@pytest.fixture(scope="module")
-def image_data_dir(tmp_path_factory):
-  """A TFDS data_dir holding fake Fashion-MNIST IDX files, 5,032 training
-  images (the last 5,000 are validation) and 16 test images, each image a
-  bright band at its class's rows over noise, so the builder reads them
-  instead of fetching the real files."""
-  from test_fashion_mnist import cache_dir, write_files
-  from tokjax.data import fashion_mnist as fm
-  rng = np.random.default_rng(0)
-
-  def images(labels):
-    x = rng.integers(0, 64, (len(labels), 28, 28), np.uint8)
-    for i, c in enumerate(labels):
-      x[i, 2 * c + 4: 2 * c + 8] = 255
-    return x
-
-  train_labels, test_labels = np.arange(5032) % 10, np.arange(16) % 10
-  data_dir = str(tmp_path_factory.mktemp("fmnist"))
-  write_files(cache_dir(data_dir), {
-      fm.TRAIN_IMAGES: images(train_labels), fm.TRAIN_LABELS: train_labels.astype(np.uint8),
-      fm.TEST_IMAGES: images(test_labels), fm.TEST_LABELS: test_labels.astype(np.uint8)})
-  return data_dir
-
-
-@pytest.fixture(scope="module")
-def train_image(tmp_path_factory, image_data_dir):
-  """train_image(objective, *flags) -> (workdir, stdout) of one tiny image run per objective."""
-  runs = {}
-
-  def run(objective, *flags):
-    if objective not in runs:
-      workdir = str(tmp_path_factory.mktemp(f"image_{objective}"))
-      runs[objective] = workdir, _cli(
-          "train", f"--workdir={workdir}",
-          f"--config={ROOT}/configs/fashion_mnist.py:objective={objective},size=tiny",
-          f"--config.data.data_dir={image_data_dir}", "--config.sampler.num_samples=2",
-          "--config.sampler.maskgit.num_steps=2", *flags,
-          *(f"--config.{k}={v}" for k, v in IMAGE_FLAGS.items()))
-    return runs[objective]
-
-  return run
-
-
-@pytest.mark.parametrize("objective", sorted(IMAGE_REPORTS))
-def test_image_objectives_train_show_and_evaluate(train_image, objective):
-  """Trains through the CLI, writes its pictures (classifier: none), and
-  evaluates with the objective's own figures instead of a likelihood."""
-  workdir, stdout = train_image(objective)
-  assert f"{objective}: no likelihood" in stdout
-  pictures = os.path.exists(os.path.join(workdir, "samples.png"))
-  assert pictures == (objective != "classifier"), stdout[-2000:]
-  _cli("evaluate", f"--workdir={workdir}")
-  report = json.load(open(os.path.join(workdir, "eval_validation.json")))
-  assert report["kind"] == "none" and IMAGE_REPORTS[objective] in report
-
-
-def test_maskgit_on_fsq_codes_samples_each_class_and_is_judged(train_image):
-  """MaskGIT on the FSQ run's codes (49 per image after the class token)
-  samples a grid row per class with guidance, and a classifier run judges the
-  samples: FID-FMNIST and class accuracy."""
-  fsq, _ = train_image("fsq")
-  classifier, _ = train_image("classifier")
-  workdir, stdout = train_image("maskgit", f"--config.data.tokenizer_workdir={fsq}")
-  assert "one row per class" in stdout and "maskgit: pseudo_likelihood" in stdout
-  record = json.load(open(os.path.join(workdir, "samples.json")))
-  assert record["classes"] == [c for c in range(10) for _ in range(2)]
-  assert record["guidance_scale"] == 2.0 and np.asarray(record["samples"]).shape == (20, 28, 28)
-  _cli("evaluate", f"--workdir={workdir}", "--samples", f"--classifier={classifier}",
-       "--num_images=20", "--split=test")
-  report = json.load(open(os.path.join(workdir, "eval_images.json")))
-  assert report["num_generated"] == 20 and report["num_reference"] == 16
-  assert report["fid_fmnist"] >= 0 and 0 <= report["class_accuracy"] <= 1
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    logged = [json.loads(line) for line in f][-1]
-  assert logged == {"step": 4, "eval/fid_fmnist": report["fid_fmnist"],
-                    "eval/class_accuracy": report["class_accuracy"]}
-
-
-def test_mae_linear_probe_beside_its_baselines(train_image):
-  workdir, _ = train_image("mae")
-  _cli("evaluate", f"--workdir={workdir}", "--probe", "--split=test", "--probe_train_images=64")
-  report = json.load(open(os.path.join(workdir, "eval_probe.json")))
-  for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_pixels"):
-    assert 0 <= report[key] <= 1
 
 
 @pytest.mark.parametrize("spec", sorted(EXPECTED))

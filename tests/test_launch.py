@@ -23,7 +23,7 @@ ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHON=sys.executable)
 # 2, the second padded with an all-PAD row (process 1's whole share).
 RUN = ["--config.seq_len=8", "--config.batch_size=2", "--config.num_train_steps=4",
        "--config.eval_every_steps=2", "--config.eval_steps=1", "--config.final_eval_steps=-1",
-       "--config.checkpoint_every_steps=2"]
+       "--config.checkpoint_every_steps=2", "--config.sampler.ar.max_new_tokens=7"]
 REPORT_KEYS = ("kind", "tokens", "bytes", "nats_per_token", "bits_per_byte", "step")
 
 
@@ -113,7 +113,7 @@ def test_two_process_evaluate_matches_one_process(run):
 
 def test_two_process_sample(run):
   stdout = _launch("sample", f"--workdir={run}", "--num_samples=2",
-                   "--sampler.ar.max_new_tokens=12")
+                   "--sampler.ar.max_new_tokens=7")
   assert stdout.count("--- sample 0 ") == 1  # Printed by process 0 only.
   record = json.load(open(os.path.join(run, "samples_4.json")))
   assert record["step"] == 4 and len(record["samples"]) == 2

@@ -1,10 +1,22 @@
 """A tiny config on the fixture corpus, shared by the training and CLI tests."""
 import os
+import subprocess
+import sys
 
 from tokjax.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "tests", "fixtures", "corpus")
+# The CLI tests' subprocesses: one CPU device each (not the suite's 8).
+CLI_ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+
+
+def run_cli(module, *args, timeout=300) -> str:
+  """Runs `python -m tokjax.MODULE ARGS...`, asserts it succeeded, returns its stdout."""
+  out = subprocess.run([sys.executable, "-m", f"tokjax.{module}", *args], cwd=ROOT, env=CLI_ENV,
+                       capture_output=True, text=True, timeout=timeout)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
 
 
 def load_config(arg: str):
