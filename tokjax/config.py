@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from tokjax import sharding
+from tokjax.data import TEXT_TOKENS, bpe
 from tokjax.data import default_config as default_data_config
 from tokjax.data import image_seq_len
 
@@ -119,8 +120,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the fix, on settings that cannot work.
 
   Raises:
-    ValueError: unknown objective/sampler/schedule/nan_policy, impossible sizes, or an
-      image dataset whose seq_len is not one image (BOS + pixels) per window.
+    ValueError: unknown objective/sampler/schedule/nan_policy, impossible sizes,
+      data.tokens that do not fit the dataset, or a BPE vocabulary too small
+      for the bytes and specials.
   """
   objective_class(config)  # Raises on an unknown name.
   if config.sampler.name:
@@ -137,6 +139,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   image_len = image_seq_len(config.data.name)
   if image_len is not None and config.data.get("tokens", "pixels") not in IMAGE_TOKENS:
     raise ValueError(f"data.tokens={config.data.tokens!r}; use one of {IMAGE_TOKENS}.")
+  tokens = config.data.get("tokens", "bytes")
+  if image_len is None and tokens not in TEXT_TOKENS:
+    raise ValueError(f"data.name={config.data.name!r} holds text: data.tokens={tokens!r}; use "
+                     f"one of {TEXT_TOKENS}.")
+  if image_len is None and tokens == "bpe":
+    bpe.check_vocab_size(config.data.bpe_vocab_size)
 
 
 def check_image_windows(config: ml_collections.ConfigDict, tokenizer) -> None:

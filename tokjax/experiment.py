@@ -15,7 +15,7 @@ from flax import nnx
 
 from tokjax import sharding
 from tokjax.config import check_image_windows, validate
-from tokjax.data import ByteTokenizer, PixelTokenizer
+from tokjax.data import BPETokenizer, ByteTokenizer, PixelTokenizer
 from tokjax.models import TransformerConfig
 from tokjax.objectives import Objective, make_objective, make_tokenizer
 
@@ -49,7 +49,7 @@ class Experiment:
   """A run's static pieces. `state` pytrees are {'step', 'params', 'opt_state'}."""
 
   config: ml_collections.ConfigDict
-  tokenizer: ByteTokenizer | PixelTokenizer  # Or an FSQTokenizer of FSQ codes.
+  tokenizer: ByteTokenizer | BPETokenizer | PixelTokenizer  # Or an FSQTokenizer of FSQ codes.
   objective: Objective
   model_config: TransformerConfig
   mesh: jax.sharding.Mesh
@@ -61,13 +61,17 @@ class Experiment:
   batch_sharding: jax.sharding.NamedSharding
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict) -> "Experiment":
+  def create(cls, config: ml_collections.ConfigDict, devices=None, *,
+             workdir: str = "") -> "Experiment":
+    """`devices`: the mesh's devices (default `jax.devices()`; `tokjax.compile`
+    passes a target topology's). `workdir`: the run's, where a BPE run keeps
+    its tokenizer (`make_tokenizer`); '' for none."""
     validate(config)
-    tokenizer = make_tokenizer(config)
+    tokenizer = make_tokenizer(config, workdir)
     check_image_windows(config, tokenizer)
     objective = make_objective(config, tokenizer)
     objective.pick_sampler(config.sampler.name)  # Fails early on a sampler that does not fit.
-    mesh = sharding.make_mesh(config.mesh.shape, tuple(config.mesh.axes))
+    mesh = sharding.make_mesh(config.mesh.shape, tuple(config.mesh.axes), devices)
     rules = tuple(config.logical_axis_rules)
     model_config = TransformerConfig(
         vocab_size=tokenizer.vocab_size,

@@ -22,12 +22,23 @@ MARKER = "PREEMPTED"
 
 
 class Preemption:
-  """Whether the run was asked to stop; create it on the main thread."""
+  """Whether the run was asked to stop. A context manager, entered on the main
+  thread: inside it SIGTERM is caught (one process), and on exit the previous
+  handler is back, so a caller's own SIGTERM handling outlives `train`."""
 
   def __init__(self):
     self._event = threading.Event()
+    self._previous = None
+
+  def __enter__(self) -> Preemption:
     if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
+      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def reached(self, step: int) -> bool:
     """True once a SIGTERM arrived (every process: at this same step)."""

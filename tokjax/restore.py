@@ -11,12 +11,14 @@ from tokjax.experiment import Experiment
 def load_run(workdir: str, sampler_overrides: dict | None = None):
   """Returns (Experiment, params, step) from the latest checkpoint in `workdir`.
 
-  Only the parameters are restored. The run's saved settings are kept
+  Only the parameters are restored; a BPE run's tokenizer is its own copy,
+  WORKDIR/tokenizer.json. The run's saved settings are kept
   (top-level settings and sampler sections it lacks take today's defaults), and `sampler_overrides`, a flat
   dict such as {'ar.top_p': 0.9, 'prompt': 'ROMEO:'}, is applied on top.
 
   Raises:
-    FileNotFoundError: no checkpoint in `workdir`.
+    FileNotFoundError: no checkpoint in `workdir`, or a BPE run with neither
+      its tokenizer.json nor the trained file.
     ValueError: the checkpoint was written by an incompatible config.
   """
   ckpt = Checkpointer(workdir)
@@ -33,7 +35,7 @@ def load_run(workdir: str, sampler_overrides: dict | None = None):
       section = section[part]
     section[leaf] = value
   config.sampler = sampler
-  exp = Experiment.create(config)
+  exp = Experiment.create(config, workdir=workdir)
   abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
   params, step = ckpt.restore_params(abstract["params"], config.to_dict())
   ckpt.close()

@@ -57,7 +57,7 @@ def preset(name: str) -> dict:
   return MESH_PRESETS[name]
 
 
-def make_mesh(shape, axes=MESH_AXES) -> jax.sharding.Mesh:
+def make_mesh(shape, axes=MESH_AXES, devices=None) -> jax.sharding.Mesh:
   """Builds a mesh; one -1 entry is filled from the device count.
 
   Args:
@@ -65,6 +65,8 @@ def make_mesh(shape, axes=MESH_AXES) -> jax.sharding.Mesh:
       are 1. A mesh smaller than the device count uses the first devices, as
       long as its size divides the device count.
     axes: mesh axis names.
+    devices: the devices to lay it on (default `jax.devices()`), e.g. a TPU
+      topology's compile-only devices (`tokjax.compile`).
 
   Raises:
     ValueError: a shape that cannot be laid on the available devices.
@@ -72,7 +74,8 @@ def make_mesh(shape, axes=MESH_AXES) -> jax.sharding.Mesh:
   shape = tuple(int(s) for s in shape) + (1,) * (len(axes) - len(shape))
   if len(shape) != len(axes):
     raise ValueError(f"mesh shape {shape} has more entries than mesh axes {axes}.")
-  n = jax.device_count()
+  devices = jax.devices() if devices is None else list(devices)
+  n = len(devices)
   known = math.prod(s for s in shape if s != -1)
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
     raise ValueError(f"mesh shape {shape}: use positive sizes and at most one -1.")
@@ -92,7 +95,7 @@ def make_mesh(shape, axes=MESH_AXES) -> jax.sharding.Mesh:
     )
   # Auto axes: XLA's sharding propagation (GSPMD) places activations.
   auto = (jax.sharding.AxisType.Auto,) * len(axes)
-  return jax.make_mesh(shape, axes, axis_types=auto, devices=jax.devices()[:size])
+  return jax.make_mesh(shape, axes, axis_types=auto, devices=devices[:size])
 
 
 def _mesh_spec(logical: P, rules: dict) -> P:

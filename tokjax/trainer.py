@@ -77,7 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   """
   clock = StartupClock(started_at)
   # Phase 1: mesh, model, objective and shardings.
-  exp = Experiment.create(config)
+  exp = Experiment.create(config, workdir=workdir)  # A BPE run keeps its tokenizer there.
   config_dict = config.to_dict()
   clock.lap("experiment")
   # MFU's numerator and denominator; only process 0 writes metrics. No MFU
@@ -94,7 +94,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   data_iter = train_iterator(
       train_tokens, seq_len=config.seq_len, batch_size=config.batch_size,
       seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(),
+      process_count=jax.process_count(), worker_count=config.data.worker_count,
   )
   clock.lap("data")
 
@@ -115,35 +115,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   log = StepLogger(MetricWriter(workdir), bar, tokens_per_step=config.batch_size * config.seq_len,
                    flops_per_token=flops, peak_flops=peak)
   guard = nonfinite.Guard(config.nan_policy, workdir)
-  for step in range(start, config.num_train_steps):
-    with log.host():
-      host_batch = next(data_iter)
-      state, metrics = train_step(state, to_global(host_batch, exp.batch_sharding))
-    log.flush()  # The previous step's metrics, while this step runs.
-    done = step + 1
-    bad_step = guard.check(done, metrics["nonfinite"], host_batch)
-    if bad_step is not None:
-      _stop(ckpt, done, state, data_iter, config_dict, log)
-      raise guard.error(bad_step, done)
-    bar.update(1)
-    if step == start:  # Start-up ends when the first step has run; speed is measured after it.
-      jax.block_until_ready(metrics)
-      clock.lap("first_step")
-      log.record(done, dict(clock.scalars(), model_flops_per_token=flops, peak_flops=peak,
-                            peak_source=peak_source))
-      log.start_intervals(done)
-    if done % config.log_every_steps == 0 or done == config.num_train_steps:
-      log.record_train(done, dict(metrics, nonfinite_skipped=guard.skipped))
-    if done % config.eval_every_steps == 0 and done < config.num_train_steps:
-      with log.paused(metrics):
-        log.record(done, _eval_scalars(evaluation.evaluate(
-            exp, eval_step, state["params"], valid_tokens, max_batches=config.eval_steps,
-            split="validation", seed=config.seed)))
-    if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
-      with log.paused(metrics):
-        ckpt.save(done, state, data_iter, config_dict)
-    if stop.reached(done) and done < config.num_train_steps:
-      return _preempted(ckpt, done, state, data_iter, config_dict, workdir, log)
+  with stop:  # SIGTERM is caught only inside the loop.
+    for step in range(start, config.num_train_steps):
+      with log.host():
+        host_batch = next(data_iter)
+        state, metrics = train_step(state, to_global(host_batch, exp.batch_sharding))
+      log.flush()  # The previous step's metrics, while this step runs.
+      done = step + 1
+      bad_step = guard.check(done, metrics["nonfinite"], host_batch)
+      if bad_step is not None:
+        _stop(ckpt, done, state, data_iter, config_dict, log)
+        raise guard.error(bad_step, done)
+      bar.update(1)
+      if step == start:  # Start-up ends when the first step has run; speed is measured after it.
+        jax.block_until_ready(metrics)
+        clock.lap("first_step")
+        log.record(done, dict(clock.scalars(), model_flops_per_token=flops, peak_flops=peak,
+                              peak_source=peak_source))
+        log.start_intervals(done)
+      if done % config.log_every_steps == 0 or done == config.num_train_steps:
+        log.record_train(done, dict(metrics, nonfinite_skipped=guard.skipped))
+      if done % config.eval_every_steps == 0 and done < config.num_train_steps:
+        with log.paused(metrics):
+          log.record(done, _eval_scalars(evaluation.evaluate(
+              exp, eval_step, state["params"], valid_tokens, max_batches=config.eval_steps,
+              split="validation", seed=config.seed)))
+      if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
+        with log.paused(metrics):
+          ckpt.save(done, state, data_iter, config_dict)
+      if stop.reached(done) and done < config.num_train_steps:
+        return _preempted(ckpt, done, state, data_iter, config_dict, workdir, log)
   log.flush()  # The last interval's speed, before the final evaluation.
   bad_step = guard.check()
   if bad_step is not None:

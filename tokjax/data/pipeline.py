@@ -2,9 +2,10 @@
 
 The stream is cut into consecutive windows of `seq_len` tokens; the last one is
 padded with PAD, so no token is lost. Training draws windows through grain
-(shard by process, shuffle anew each epoch, repeat, batch); its iterator
-checkpoints with `get_state`/`set_state`. Evaluation visits each window once,
-in order.
+(shuffle anew each epoch, repeat, batch, keep this process's rows), optionally
+in grain worker processes; its iterator checkpoints its position, the number
+of global batches drawn, with `get_state`/`set_state`. Evaluation visits each
+window once, in order.
 """
 from __future__ import annotations
 
@@ -49,6 +50,45 @@ def local_batch_size(batch_size: int, process_index: int, process_count: int) ->
   return batch_size // process_count
 
 
+class TrainIterator:
+  """Endless iterator over a grain MapDataset of batches, resumable at any batch.
+
+  Its state, {'batches': number drawn}, names a global position: it restores
+  under any process count and any `worker_count` (grain's own iterator state
+  depends on both). With worker_count > 0, grain worker processes build the
+  batches (`IterDataset.mp_prefetch`), in the same order.
+  """
+
+  def __init__(self, batches: grain.MapDataset, worker_count: int = 0):
+    if worker_count < 0:
+      raise ValueError(f"data.worker_count={worker_count} must be >= 0 (0: no worker processes).")
+    self._batches, self._worker_count = batches, worker_count
+    self._start(0)
+
+  def _start(self, position: int) -> None:
+    self.position = position
+    dataset = self._batches[position:].to_iter_dataset(READ_OPTIONS)
+    if self._worker_count:
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+    self._iterator = iter(dataset)
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> np.ndarray:
+    batch = next(self._iterator)
+    self.position += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"batches": self.position}
+
+  def set_state(self, state: dict) -> None:
+    """Resumes after state['batches'] batches (or a grain iterator state of
+    checkpoints written before this class: {'next_index': batches})."""
+    self._start(int(state["batches"] if "batches" in state else state["next_index"]))
+
+
 def train_iterator(
     tokens,
     *,
@@ -58,7 +98,8 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     pad_id: int = DEFAULT_PAD_ID,
-) -> grain.DatasetIterator:
+    worker_count: int = 0,
+) -> TrainIterator:
   """Endless iterator of int32[local_batch, seq_len], local_batch = batch_size // process_count.
 
   The global batches do not depend on the process count: one order of all
@@ -66,11 +107,13 @@ def train_iterator(
   global batches of batch_size windows (batches may straddle epochs), and
   process p reads only rows p * local_batch ... (p + 1) * local_batch - 1 of
   each, the rows `to_global` places on its devices. So a run on any number of
-  processes trains on exactly the batches of a one-process run. Save and
-  restore the position with `get_state`/`set_state`.
+  processes, with any number of grain workers (`worker_count`), trains on
+  exactly the batches of a one-process run. Save and restore the position
+  with `get_state`/`set_state`.
 
   Raises:
-    ValueError: bad batch size, or fewer windows than one global batch.
+    ValueError: bad batch size or worker_count, or fewer windows than one
+      global batch.
   """
   local = local_batch_size(batch_size, process_index, process_count)
   windows = pack(tokens, seq_len, pad_id)
@@ -81,14 +124,14 @@ def train_iterator(
         "or a smaller batch_size."
     )
   rows = slice(process_index * local, (process_index + 1) * local)
-  dataset = (
+  batches = (
       grain.MapDataset.range(len(windows))
       .shuffle(seed=seed)
       .repeat()
       .batch(batch_size, drop_remainder=True)
       .map(lambda ids: windows[ids[rows]])
   )
-  return iter(dataset.to_iter_dataset(READ_OPTIONS))
+  return TrainIterator(batches, worker_count)
 
 
 def eval_batches(

@@ -13,7 +13,9 @@ layout of the vocabulary, with S = 256 bytes or S = levels grey levels::
 
 Every objective counts the ids below `num_bytes` = S as the data's units, so
 a likelihood per unit is bits per byte for text and bits per dimension (per
-pixel) for images; `unit` names it.
+pixel) for images; `unit` names it. A tokenizer whose data ids stand for
+several bytes each (`tokjax.data.bpe.BPETokenizer`) gives their lengths in
+`byte_lengths`.
 """
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ class SymbolTokenizer:
     special_tokens: name -> id for every special token, e.g. '<pad>' -> S.
     pad_id, bos_id, eos_id, mask_id: ids of the four base specials.
     vocab_size: S + number of special tokens.
+    byte_lengths: None here: each data id is one unit (a byte, a pixel, a
+      code). A BPE gives the bytes per id instead (a tuple of vocab_size ints).
 
   Raises:
     ValueError: extra special names that repeat or reuse a base special.
   """
 
   unit = ""
+  byte_lengths: tuple[int, ...] | None = None
 
   def __init__(self, num_symbols: int, extra_special_tokens: tuple[str, ...] = ()):
     names = BASE_SPECIALS + tuple(extra_special_tokens)

@@ -6,8 +6,8 @@ section `config.<name>` is built from its dataclass defaults
 """
 from __future__ import annotations
 
-from tokjax.data import (DEFAULT_PIXEL_LEVELS, IMAGE_CLASSES, IMAGE_SHAPES, ByteTokenizer,
-                         PixelTokenizer)
+from tokjax.data import (DEFAULT_PIXEL_LEVELS, IMAGE_CLASSES, IMAGE_SHAPES, BPETokenizer,
+                         ByteTokenizer, PixelTokenizer, bpe)
 from tokjax.objectives.base import ModelInputs, Objective, Targets
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.classifier import Classifier
@@ -47,24 +47,31 @@ def objective_class(config) -> type[Objective]:
   return REGISTRY[config.objective]
 
 
-def make_tokenizer(config) -> ByteTokenizer | PixelTokenizer:
+def make_tokenizer(config, workdir: str = "") -> ByteTokenizer | BPETokenizer | PixelTokenizer:
   """The dataset's tokenizer plus the special tokens (e.g. sentinels) the objective needs.
 
   For an image dataset (`tokjax.data.IMAGE_SHAPES`): a PixelTokenizer with
   `config.data.pixel_levels` grey levels (default 256), or with
   `config.data.tokens='fsq'` the FSQTokenizer of the FSQ run in
   `config.data.tokenizer_workdir`; either with the dataset's class tokens when
-  `config.data.class_token` is set. Else the ByteTokenizer.
+  `config.data.class_token` is set. For text: the ByteTokenizer, or with
+  `config.data.tokens='bpe'` the BPETokenizer of `config.data.bpe_vocab_size`
+  tokens trained by `python -m tokjax.tokenize`, as the run in `workdir`
+  keeps it (`tokjax.data.bpe.tokenizer_for_run`: a run without its own copy
+  reads the trained file and, given a workdir, saves a copy there).
 
   Raises:
-    ValueError: an unknown objective name, pixel_levels outside [2, 256], or
-      tokens='fsq' without a tokenizer_workdir.
-    FileNotFoundError: a tokenizer_workdir without an FSQ checkpoint.
+    ValueError: an unknown objective name, pixel_levels outside [2, 256],
+      tokens='fsq' without a tokenizer_workdir, or a bad bpe_vocab_size.
+    FileNotFoundError: a tokenizer_workdir without an FSQ checkpoint, or no
+      trained BPE (naming `python -m tokjax.tokenize`).
   """
   cls = objective_class(config)
   extra = cls.extra_special_tokens(_section(cls, config))
   shape = IMAGE_SHAPES.get(config.data.name)
   if shape is None:
+    if config.data.get("tokens", "bytes") == "bpe":
+      return bpe.tokenizer_for_run(config.data, workdir, extra)
     return ByteTokenizer(extra)
   classes = IMAGE_CLASSES[config.data.name] if config.data.get("class_token", False) else 0
   if config.data.get("tokens", "pixels") == "fsq":

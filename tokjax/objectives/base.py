@@ -130,6 +130,8 @@ class Objective:
   Attributes:
     pad_id: the PAD token id (tokenizer.pad_id); PAD positions are never scored.
     num_bytes: ids below this are bytes (tokenizer.num_bytes; bits-per-byte accounting).
+    byte_lengths: bytes of text per id (tokenizer.byte_lengths, a tuple of
+      vocab_size ints, e.g. a BPE's), or None when each id below num_bytes is one.
     name, attention, likelihood_kind: set by each subclass.
     samplers: the registered samplers that fit this objective; the first is
       its default, and () means none yet.
@@ -139,6 +141,8 @@ class Objective:
 
   pad_id: int = from_tokenizer("pad_id")
   num_bytes: int = from_tokenizer("num_bytes")
+  byte_lengths: tuple[int, ...] | None = dataclasses.field(
+      default=None, repr=False, metadata={FROM_TOKENIZER: "byte_lengths"})
 
   # Whether the model is the transformer over each window's tokens, so that
   # MFU's 6N + 12LdT FLOPs per token (tokjax.metrics) apply to the run.
@@ -295,15 +299,21 @@ class Objective:
     """One estimate of each sequence's likelihood figure.
 
     Returns a dict of float32[batch]: `nats` (negative log-likelihood, or its
-    bound, in nats), `tokens` (scored tokens) and `bytes` (scored byte tokens).
+    bound, in nats), `tokens` (scored tokens) and `bytes` (the bytes of text
+    the scored tokens stand for, `target_bytes`).
     """
     nats, targets = self.forward(model, tokens, rng, evaluation=True)
-    is_byte = (targets.targets < self.num_bytes) & (targets.valid > 0)
     return {
         "nats": nats.sum(-1),
         "tokens": targets.valid.sum(-1),
-        "bytes": is_byte.sum(-1).astype(jnp.float32),
+        "bytes": jnp.where(targets.valid > 0, self.target_bytes(targets.targets), 0.0).sum(-1),
     }
+
+  def target_bytes(self, ids: jax.Array) -> jax.Array:
+    """float32[...] the bytes of text (or pixels) each id of int[...] ids stands for; 0 for specials."""
+    if self.byte_lengths is None:
+      return (ids < self.num_bytes).astype(jnp.float32)
+    return jnp.asarray(self.byte_lengths, jnp.float32)[ids]
 
 
 def mean_token_loss(nats: jax.Array, targets: Targets):

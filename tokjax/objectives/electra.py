@@ -247,7 +247,7 @@ class Electra(MLM):
     return {
         "nats": jnp.zeros(tokens.shape[:1], jnp.float32),
         "tokens": r.valid.sum(-1),
-        "bytes": (r.valid * (tokens < self.num_bytes)).sum(-1),
+        "bytes": (r.valid * self.target_bytes(tokens)).sum(-1),
         "disc_correct": (_correct(logits, r.labels) * r.valid).sum(-1),
         "hist_replaced": score_histogram(prob, r.labels * r.valid, self.eval_bins),
         "hist_original": score_histogram(prob, (1.0 - r.labels) * r.valid, self.eval_bins),
