@@ -76,6 +76,32 @@ def test_decode_prefill_and_steps_match_causal_forward(scan_layers):
   np.testing.assert_allclose(cached, full, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("prefix", [False, True])
+def test_decode_long_prefill_chunk_and_steps_match_forward(prefix):
+  """Each path of `decode_attention`: a prefill into the empty cache long
+  enough for causal blocks (with a bidirectional prefix: full attention), a
+  chunk over the filled cache, then single steps."""
+  graphdef, params = split_model(tiny_config(max_seq_len=160))
+  batch, prompt_len, chunk, length = 2, 130, 12, 145
+  tokens = random_tokens(2, (batch, length))
+  prefix_len = jnp.array([40, 129], jnp.int32) if prefix else None
+
+  @jax.jit
+  def both(params, tokens):
+    model = nnx.merge(graphdef, params)
+    full = model(tokens, attention="prefix" if prefix else "causal", prefix_len=prefix_len)
+    cache, pieces = model.init_cache(batch, 160), []
+    for start, stop in ((0, prompt_len), (prompt_len, prompt_len + chunk),
+                        *((i, i + 1) for i in range(prompt_len + chunk, length))):
+      positions = jnp.broadcast_to(jnp.arange(start, stop, dtype=jnp.int32), (batch, stop - start))
+      logits, cache = model.decode(tokens[:, start:stop], positions, cache, prefix_len)
+      pieces.append(logits)
+    return full, jnp.concatenate(pieces, axis=1)
+
+  full, cached = both(params, tokens)
+  np.testing.assert_allclose(cached, full, atol=2e-5, rtol=2e-5)
+
+
 def test_attention_modes_control_information_flow():
   graphdef, params = split_model(tiny_config())
   base = random_tokens(2, (2, 14))

@@ -154,28 +154,95 @@ def _softmax_attention(q, k, v, mask):
   return _probs_times_values(scores, v, mask)
 
 
-def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array,
-                     sink_keys: jax.Array | None = None) -> jax.Array:
-  """Attention of new queries over a heads-major KV cache (`kv_cache`), read in place.
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
+                     values: jax.Array, mask: jax.Array, slot: jax.Array,
+                     sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None) -> jax.Array:
+  """Attention of new tokens over a heads-major KV cache read *before* their
+  keys and values are written to it (`Block.decode` writes them afterwards).
+
+  The result is that of attending over the cache with k and v written at
+  slots slot .. slot + q_len - 1, computed as two parts under one softmax:
+  the old cache with those slots hidden, and the new tokens' own k and v.
+  Reading the old cache lets XLA update the loop-carried cache in place: with
+  the read after the write, XLA:CPU copied every layer's cache several times
+  per step at batch 1 (it fused the write into both of its users).
+
+  A prefill (q_len > 1) skips the cache part when no query sees any cache
+  slot (an empty cache), and when no new token sees a later one it attends
+  over the new tokens by causal blocks (`_causal_blocks`), as the training
+  forward does.
 
   Args:
-    q: float[batch, q_len, heads, kv].
-    keys, values: float[batch, heads, cache_len, kv].
-    mask: bool[batch, 1, q_len, cache_len], True = visible.
-    sink_keys: float[batch, heads, n, kv] or None: replaces the first n
-      slots' keys in the scores (a rolling cache's attention sinks read at
-      their positions within the cache; the values are unchanged).
+    q, k, v: float[batch, q_len, heads, kv] the new tokens' (q and k rotated).
+    keys, values: float[batch, heads, cache_len, kv] the cache before the write.
+    mask: bool[batch or 1, 1, q_len, cache_len] the slots each new token sees
+      once the new tokens are written, its own included.
+    slot: int32[] the new tokens' first slot, or int32[batch] one per row;
+      clamped to [0, cache_len - q_len] as `kv_cache.write` clamps.
+    sink_rope: (n, rope tables float32[batch, n, 1, 2, kv / 2]) or None: the
+      first n slots' keys are read rotated by these further angles (the same
+      for every sink of a row), a new key written there too.
 
   Returns:
-    float[batch, q_len, heads, kv] in the dtype of q.
+    float[batch, q_len, heads, kv] in the dtype of v.
   """
-  q = q.transpose(0, 2, 1, 3)
+  length, q_len = keys.shape[2], q.shape[1]
+  slot = jnp.clip(jnp.asarray(slot, jnp.int32), 0, length - q_len)
+  slots = jnp.arange(length, dtype=jnp.int32)
+  new_slots = slot[..., None] + jnp.arange(q_len, dtype=jnp.int32)  # [q_len] or [batch, q_len]
+  if slot.ndim == 0:
+    written = ((slots >= slot) & (slots < slot + q_len))[None, None, None, :]
+    new_mask = jax.lax.dynamic_slice_in_dim(mask, slot, q_len, axis=3)
+  else:
+    rows = slot[:, None]
+    written = ((slots[None] >= rows) & (slots[None] < rows + q_len))[:, None, None, :]
+    new_mask = jnp.take_along_axis(jnp.broadcast_to(mask, (slot.shape[0], *mask.shape[1:])),
+                                   new_slots[:, None, None, :], axis=3)
+  cache_mask = mask & ~written
+  if sink_rope is not None:
+    n, tables = sink_rope
+    rotated = apply_rope(k, tuple(t[:, :1] for t in tables))  # Every sink's angle is the same.
+    in_sinks = jnp.broadcast_to(new_slots < n, (k.shape[0], q_len))
+    k = jnp.where(in_sinks[:, :, None, None], rotated, k)
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   scale = 1.0 / math.sqrt(q.shape[-1])
-  scores = mixed_einsum("bhqd,bhkd->bhqk", q, keys) * scale
-  if sink_keys is not None:
-    sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sink_keys) * scale
-    scores = jax.lax.dynamic_update_slice_in_dim(scores, sink_scores, 0, axis=3)
-  return _probs_times_values(scores, values, mask).transpose(0, 2, 1, 3)
+
+  def with_cache():
+    cache_scores = mixed_einsum("bhqd,bhkd->bhqk", q, keys) * scale
+    if sink_rope is not None:
+      sinks = apply_rope(keys[:, :, :n].transpose(0, 2, 1, 3), tables).transpose(0, 2, 1, 3)
+      sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sinks) * scale
+      cache_scores = jax.lax.dynamic_update_slice_in_dim(cache_scores, sink_scores, 0, axis=3)
+    new_scores = mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale
+    low = jnp.finfo(jnp.float32).min
+    cache_scores = jnp.where(cache_mask, cache_scores, low)
+    new_scores = jnp.where(new_mask, new_scores, low)
+    top = jnp.maximum(jnp.max(cache_scores, axis=-1, keepdims=True),
+                      jnp.max(new_scores, axis=-1, keepdims=True))
+    cache_probs, new_probs = jnp.exp(cache_scores - top), jnp.exp(new_scores - top)
+    total = (jnp.sum(cache_probs, axis=-1, keepdims=True)
+             + jnp.sum(new_probs, axis=-1, keepdims=True))
+    out = (mixed_einsum("bhqk,bhkd->bhqd", cache_probs.astype(values.dtype), values)
+           + mixed_einsum("bhqk,bhkd->bhqd", new_probs.astype(v.dtype), v))
+    return (out / total).astype(v.dtype)
+
+  if q_len == 1:
+    out = with_cache()
+  else:
+    def new_only():
+      if q_len < 2 * MIN_CAUSAL_BLOCK:  # `_causal_blocks` would run one block.
+        return _softmax_attention(q, k, v, new_mask)
+      later = jnp.arange(q_len)[None, :] > jnp.arange(q_len)[:, None]
+      return jax.lax.cond(jnp.any(new_mask & later),
+                          lambda: _softmax_attention(q, k, v, new_mask),
+                          lambda: _causal_blocks(q, k, v, new_mask))
+
+    out = jax.lax.cond(jnp.any(cache_mask), with_cache, new_only)
+  return out.transpose(0, 2, 1, 3)
+
+
+# `_causal_blocks` splits the queries into blocks of at least this many.
+MIN_CAUSAL_BLOCK = 64
 
 
 def _probs_times_values(scores, values, mask):
@@ -183,7 +250,7 @@ def _probs_times_values(scores, values, mask):
   return mixed_einsum("bhqk,bhkd->bhqd", probs.astype(values.dtype), values).astype(values.dtype)
 
 
-def _causal_blocks(q, k, v, mask, min_block: int = 64, max_blocks: int = 4):
+def _causal_blocks(q, k, v, mask, min_block: int = MIN_CAUSAL_BLOCK, max_blocks: int = 4):
   """Causal attention by query blocks (heads-major, as `_softmax_attention`):
   block i of n attends only to keys [0, (i + 1) L / n), skipping the keys it
   cannot see, so the score and value matmuls do (n + 1) / (2n) of the full

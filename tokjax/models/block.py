@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokjax.models import kv_cache
-from tokjax.models.attention import Attention, apply_rope, cached_attention
+from tokjax.models.attention import Attention, decode_attention
 from tokjax.models.layers import Mlp, RMSNorm
 from tokjax.sharding import constrain
 
@@ -104,15 +104,17 @@ class Block(nnx.Module):
       as given, the new tokens' slots written.
     """
     q, k, v = self.attn.qkv(self.attn_norm(x), rope)
+    keys, values = kv_cache.read(cache_k, layer), kv_cache.read(cache_v, layer)
+    out = decode_attention(q, k, v, keys, values, mask, slot, sink_rope)
+    # XLA updates a loop-carried cache in place only if the write provably
+    # follows every read of the old cache in the step, and it orders them by
+    # data dependencies (an optimization_barrier does not order them for its
+    # copy insertion). out depends on both reads, so the written k and v are
+    # made to depend on it; exactly k and v unless out is NaN.
+    k, v = (jnp.where(jnp.isnan(out), out, new) for new in (k, v))
     cache_k = kv_cache.write(cache_k, k, slot, layer)
     cache_v = kv_cache.write(cache_v, v, slot, layer)
-    keys, values = kv_cache.read(cache_k, layer), kv_cache.read(cache_v, layer)
-    sink_keys = None
-    if sink_rope is not None:
-      n, tables = sink_rope
-      sinks = keys[:, :, :n].transpose(0, 2, 1, 3)
-      sink_keys = apply_rope(sinks, tables).transpose(0, 2, 1, 3)
-    x = x + self.attn.project_out(cached_attention(q, keys, values, mask, sink_keys))
+    x = x + self.attn.project_out(out)
     return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
 
 
