@@ -75,6 +75,32 @@ def test_decode_prefill_and_steps_match_causal_forward(scan_layers):
   assert full.dtype == jnp.float32 and full.shape == (3, 9, 32)
   np.testing.assert_allclose(cached, full, atol=2e-5, rtol=2e-5)
 
+def test_decode_loop_updates_the_kv_cache_in_place():
+  """The compiled decode loop copies no cache-sized buffer: each step's keys
+  and values are written into the loop-carried cache in place (a copy per
+  layer and step costs as much memory traffic as reading the cache). With the
+  write before the attention read, XLA:CPU copied every layer's cache at batch 1."""
+  batch = 1
+  config = tiny_config(max_seq_len=64)
+  graphdef, params = split_model(config)
+
+  def loop(params, cache, token):
+    def body(i, carry):
+      cache, token = carry
+      model = nnx.merge(graphdef, params)
+      logits, cache = model.decode(token, jnp.full((batch, 1), 8 + i, jnp.int32), cache)
+      return cache, jnp.argmax(logits[:, 0], -1).astype(jnp.int32)[:, None]
+    return jax.lax.fori_loop(0, 4, body, (cache, token))
+
+  model = nnx.merge(graphdef, params)
+  cache = jax.eval_shape(lambda: model.init_cache(batch, 64))
+  token = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
+  hlo = jax.jit(loop, donate_argnums=1).lower(params, cache, token).compile().as_text()
+  layer_cache = jax.tree.leaves(cache)[0]
+  shape = f"f32[{','.join(map(str, layer_cache.shape))}]"
+  copies = [line for line in hlo.splitlines() if " copy(" in line and shape in line]
+  assert not copies, f"{len(copies)} cache copies, e.g. {copies[0].strip()[:200]}"
+
 
 @pytest.mark.parametrize("prefix", [False, True])
 def test_decode_long_prefill_chunk_and_steps_match_forward(prefix):
