@@ -2,7 +2,7 @@
 
   python benchmarks/sampler_speed.py [--family ar|masked|all] [--sizes base,large]
       [--batches 1,32] [--prompt_len 64] [--new_tokens 256] [--repeats 3]
-      [--torch_threads 2,1] [--prefill_len 1000] [--prefill_batches 1,8]
+      [--torch_threads 2,1] [--prefill_len 1000] [--prefill_batches 1,8] [--num_beams 4]
 
 AR (--family ar, the default; needs `pip install -e '.[bench]'` for the peer).
 For each size (configs/shakespeare.py size=base: 6 layers x d_model 256, 4
@@ -29,6 +29,8 @@ byte vocabulary of 260), random weights, float32, one process:
   prefill   tokens/s of `decode` on a --prefill_len prompt into an empty cache
             of that length (batch 1 and 8), against the jitted full causal
             forward on [batch, prefill_len] (the train step's forward).
+  beam      `tokjax.samplers.beam.sample` with --num_beams beams against
+            greedy AR on the same rows: tokens/s and the time ratio.
 
 Rooflines, printed beside each figure. Bandwidth: bytes that must cross the
 memory bus per step (parameters, plus for decoding the filled part of the KV
@@ -262,6 +264,7 @@ def ar_family(args) -> None:
     generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive)
     step_rows(args, exp, fns, params, roof, jax, jnp, np)
     prefill_rows(args, exp, fns, params, roof, jax, jnp, np)
+    beam_rows(args, exp, fns, params, jax, np)
 
 
 def generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive) -> None:
@@ -368,6 +371,37 @@ def step_rows(args, exp, fns, params, roof, jax, jnp, np, steps: int = 32) -> No
           f"{100 * roof.param_bytes / roof.bandwidth / dec:.0f}% of the decode step")
 
 
+def beam_rows(args, exp, fns, params, jax, np) -> None:
+  """Beam search's cost: wall time of `beam.sample` with --num_beams beams
+  (length_penalty 0.6, eos_id -1) over greedy KV-cache AR of the same rows."""
+  from tokjax.samplers import autoregressive, beam
+
+  prompt_len, new = args.prompt_len, args.new_tokens
+  print(f"  beam search, {args.num_beams} beams, vs greedy AR: prompt {prompt_len}, {new} new "
+        f"tokens; best of {args.repeats} (median)")
+  for batch in (int(b) for b in args.batches.split(",")):
+    prompt = np.random.default_rng(batch).integers(0, 256, (batch, prompt_len), np.int32)
+    key, pad = jax.random.key(0), exp.tokenizer.pad_id
+    runs = {
+        "beam": lambda: beam.sample(fns, params, prompt, key, eos_id=-1, pad_id=pad,
+                                    num_beams=args.num_beams, max_new_tokens=new),
+        "greedy": lambda: autoregressive.sample(fns, params, prompt, key, eos_id=-1, pad_id=pad,
+                                                max_new_tokens=new, temperature=0.0),
+    }
+    for run in runs.values():
+      jax.block_until_ready(run().tokens)  # Compile.
+    rates = Rates()
+    for _ in range(args.repeats):
+      for label, run in runs.items():
+        rates.time(label, lambda run=run: jax.block_until_ready(run().tokens))
+    tok = batch * new
+    print(f"    batch {batch:>2}: beam {tok / rates.best('beam'):,.0f} tokens/s (median "
+          f"{tok / rates.median('beam'):,.0f}), greedy {tok / rates.best('greedy'):,.0f} "
+          f"(median {tok / rates.median('greedy'):,.0f}): beam costs "
+          f"{rates.best('beam') / rates.best('greedy'):.2f}x greedy's time "
+          f"(medians {rates.median('beam') / rates.median('greedy'):.2f}x)")
+
+
 def prefill_rows(args, exp, fns, params, roof, jax, jnp, np) -> None:
   length = args.prefill_len
   print(f"  prefill of a {length}-token prompt (decode into an empty {length}-slot cache) vs "
@@ -410,6 +444,7 @@ def main():
                   help="Comma-separated thread counts for HF (default: the core count).")
   ar.add_argument("--prefill_len", type=int, default=1000)
   ar.add_argument("--prefill_batches", default="1,8")
+  ar.add_argument("--num_beams", type=int, default=4)
   masked = parser.add_argument_group("masked")
   masked.add_argument("--workdir", help="A trained md4 run.")
   masked.add_argument("--judge", help="A causal run that scores the trained run's samples.")

@@ -177,7 +177,7 @@ def _save_runs(tmp_path):
   """Saves an fsq run in tmp_path/fsq and its state as a 'causal' run in tmp_path/causal."""
   config = base_config()
   config.objective = "fsq"
-  config.data.name = "fashion_mnist"
+  config.data.name, config.data.tokens = "fashion_mnist", "pixels"
   config.seq_len = 785
   config.batch_size = 8
   config.fsq.channels = 8

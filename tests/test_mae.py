@@ -144,7 +144,7 @@ def experiment(objective, mesh_shape, rules, **settings):
     config.objective = objective.name
     config[objective.name] = ml_collections.ConfigDict(
         {**type(objective).config_section(), **settings})
-    config.data.name = "fashion_mnist"
+    config.data.name, config.data.tokens = "fashion_mnist", "pixels"
     config.data.class_token = True
     config.seq_len = 785
     config.batch_size = 8

@@ -16,13 +16,14 @@ from tokjax import sharding
 from tokjax.data import TEXT_TOKENS, bpe
 from tokjax.data import default_config as default_data_config
 from tokjax.data import image_seq_len
-
-IMAGE_TOKENS = ("pixels", "fsq")  # config.data.tokens of an image dataset.
 from tokjax.models import TransformerConfig
 from tokjax.nonfinite import NAN_POLICIES
 from tokjax.objectives import REGISTRY, objective_class
 from tokjax.samplers import SAMPLERS, default_settings, sampler_module
 from tokjax.schedules import get_schedule
+
+IMAGE_TOKENS = ("pixels", "fsq")  # config.data.tokens of an image dataset.
+
 
 def sampler_config() -> ml_collections.ConfigDict:
   """Sampling settings; `name` '' means the objective's default sampler."""
@@ -138,7 +139,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{key} must be positive, got {config[key]}.")
   image_len = image_seq_len(config.data.name)
   if image_len is not None and config.data.get("tokens", "pixels") not in IMAGE_TOKENS:
-    raise ValueError(f"data.tokens={config.data.tokens!r}; use one of {IMAGE_TOKENS}.")
+    raise ValueError(f"data.name={config.data.name!r} holds images: data.tokens="
+                     f"{config.data.tokens!r}; use one of {IMAGE_TOKENS} (configs/fashion_mnist.py "
+                     "sets it).")
   tokens = config.data.get("tokens", "bytes")
   if image_len is None and tokens not in TEXT_TOKENS:
     raise ValueError(f"data.name={config.data.name!r} holds text: data.tokens={tokens!r}; use "
