@@ -63,15 +63,24 @@ def _config(data_dir, objective, mesh="dp"):
   return config
 
 
-@pytest.mark.parametrize("objective", sorted(set(REGISTRY) - {"causal"}))
+# Objectives whose model is not the plain backbone, or whose sampled corruption
+# draws the most random numbers: their sharded steps must equal one device's.
+# The rest share those code paths (test_sharded_steps_match_single_device runs
+# causal; test_multi_token.py its own heads), so one compile each suffices:
+# their sharded steps must run and stay finite.
+MATCH_ONE_DEVICE = {"classifier", "electra", "fsq", "mae", "md4", "span_corruption"}
+
+
+@pytest.mark.parametrize("objective", sorted(set(REGISTRY) - {"causal", "multi_token"}))
 def test_each_objective_steps_on_the_2x2x2_mesh(data_dir, objective):
-  single = _config(data_dir, objective)
-  single.mesh.shape = (1,)
   sharded = _config(data_dir, objective, mesh="fsdp_tp")
   sharded.mesh.shape = (2, 2, 2)
-  reference = _two_step_losses(single)
-  assert np.isfinite(reference).all()
-  np.testing.assert_allclose(_two_step_losses(sharded), reference, rtol=1e-5)
+  losses = _two_step_losses(sharded)
+  assert np.isfinite(losses).all()
+  if objective in MATCH_ONE_DEVICE:
+    single = _config(data_dir, objective)
+    single.mesh.shape = (1,)
+    np.testing.assert_allclose(losses, _two_step_losses(single), rtol=1e-5)
 
 
 def test_fsdp_tp_really_shards_parameters(data_dir):
