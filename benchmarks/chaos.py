@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from chaos import chaos, losses  # noqa: E402
-from tiny import cli_flags, run_cli  # noqa: E402
+from chaos import chaos, losses, run_flags  # noqa: E402
+from tiny import run_cli  # noqa: E402
 
 from tokjax.restore import load_run  # noqa: E402
 
@@ -40,9 +40,7 @@ def main():
   parser.add_argument("--workdir", default="", help="Default: a new temporary directory.")
   args = parser.parse_args()
   root = args.workdir or tempfile.mkdtemp(prefix="tokjax_chaos_")
-  flags = [*cli_flags(os.path.join(root, "tfds")), f"--config.num_train_steps={args.steps}",
-           "--config.checkpoint_every_steps=4", f"--config.eval_every_steps={EVAL_EVERY}",
-           "--config.eval_steps=16"]
+  flags = run_flags(os.path.join(root, "tfds"), args.steps, EVAL_EVERY)
   reference, workdir = os.path.join(root, "reference"), os.path.join(root, "chaos")
   run_cli("train", f"--workdir={reference}", *flags, timeout=3600)
   start = time.perf_counter()

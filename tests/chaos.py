@@ -23,9 +23,17 @@ import time
 
 import numpy as np
 
-from tiny import CLI_ENV, ROOT
+from tiny import CLI_ENV, ROOT, cli_flags
 
 KINDS = ("step", "checkpoint", "evaluation")
+
+
+def run_flags(data_dir: str, num_steps: int, eval_every: int) -> list[str]:
+  """The tiny causal run that chaos kills: a checkpoint every 4 steps and an
+  evaluation of 16 batches every `eval_every` (long enough to be hit)."""
+  return [*cli_flags(data_dir), f"--config.num_train_steps={num_steps}",
+          "--config.checkpoint_every_steps=4", f"--config.eval_every_steps={eval_every}",
+          "--config.eval_steps=16"]
 
 
 @dataclasses.dataclass

@@ -7,17 +7,15 @@ import signal
 import jax
 import numpy as np
 
-from chaos import chaos, kill_once, losses
-from tiny import cli_flags, run_cli
+from chaos import chaos, kill_once, losses, run_flags
+from tiny import run_cli
 from tokjax.restore import load_run
 
 NUM_STEPS, EVAL_EVERY, NUM_KILLS = 40, 10, 10
 
 
 def test_preemption_and_random_sigkills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
-  flags = [*cli_flags(str(tmp_path / "tfds")), f"--config.num_train_steps={NUM_STEPS}",
-           "--config.checkpoint_every_steps=4", f"--config.eval_every_steps={EVAL_EVERY}",
-           "--config.eval_steps=16"]
+  flags = run_flags(str(tmp_path / "tfds"), NUM_STEPS, EVAL_EVERY)
   reference = str(tmp_path / "reference")
   run_cli("train", f"--workdir={reference}", *flags)
 
