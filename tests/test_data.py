@@ -412,15 +412,24 @@ def test_train_iterator_visits_each_window_once_per_epoch():
 
 def test_train_iterator_shards_the_one_process_batches():
   """Two processes' shards, stacked as `to_global` stacks them, are exactly
-  the batches one process reads, step by step."""
+  the batches one process reads, step by step; each process's example_ids
+  name the windows it read, disjoint from the other's."""
   stream = token_stream()
+  windows = pack(stream, seq_len=64)
   one = train_iterator(stream, seq_len=64, batch_size=4, seed=0)
   two = [train_iterator(stream, seq_len=64, batch_size=4, seed=0, process_index=p,
                         process_count=2) for p in range(2)]
+  with pytest.raises(ValueError, match="next"):
+    one.example_ids()
   for _ in range(6):
     shards = [next(it) for it in two]
     assert shards[0].shape == (2, 64)
     np.testing.assert_array_equal(np.concatenate(shards), next(one))
+    ids = [it.example_ids() for it in two]
+    assert not set(ids[0]) & set(ids[1])
+    np.testing.assert_array_equal(np.concatenate(ids), one.example_ids())
+    for shard, shard_ids in zip(shards, ids):
+      np.testing.assert_array_equal(shard, windows[shard_ids])
 
 
 def test_train_iterator_state_restores_exactly():

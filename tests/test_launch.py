@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from tiny import ROOT, cli_flags
+from tiny import FAST_COMPILE, ROOT, cli_flags
 
 LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
-ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHON=sys.executable)
+ENV = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu", PYTHON=sys.executable)
 # seq_len 8 packs the 22 validation tokens into 3 windows: 2 global batches of
 # 2, the second padded with an all-PAD row (process 1's whole share).
 RUN = ["--config.seq_len=8", "--config.batch_size=2", "--config.num_train_steps=4",
@@ -127,9 +127,28 @@ def _losses(workdir) -> dict:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def _example_ids(workdir, process) -> dict:
+  """step -> the window ids `process` fed (the last record of a step redone)."""
+  with open(os.path.join(workdir, "example_ids", f"process_{process}.jsonl")) as f:
+    return {r["step"]: r["ids"] for r in map(json.loads, f)}
+
+
+def _assert_fed_the_global_batches(two_process_workdir, reference_workdir) -> None:
+  """Each of the 2 processes fed its own half of every global batch of the
+  1-process run: process 0 the first half of its window ids, process 1 the
+  second. (A batch that straddles two epochs may hold a window twice.)"""
+  want = _example_ids(reference_workdir, 0)
+  halves = [_example_ids(two_process_workdir, p) for p in range(2)]
+  assert halves[0].keys() == halves[1].keys() and halves[0]
+  for step in halves[0]:
+    assert len(halves[0][step]) == len(halves[1][step]), step
+    assert halves[0][step] + halves[1][step] == want[step], step
+
+
 def test_two_hosts_of_four_devices_train_as_one_of_eight(tmp_path):
   """2 processes x 4 CPU devices (gloo) on the (2, 2, 2) fsdp_tp mesh train on
-  the batches of 1 process x 8 devices, with the same losses; the 2-process
+  the batches of 1 process x 8 devices (each process feeding its half, by the
+  window ids it logs), with the same losses; the 2-process
   checkpoint then resumes in 1 process on an (8,) data-parallel mesh, and the
   1-process checkpoint in 2 processes on that mesh, data position kept, and
   both continue with the same losses. The tolerance, 1e-5 relative, is for the
@@ -138,9 +157,10 @@ def test_two_hosts_of_four_devices_train_as_one_of_eight(tmp_path):
   data_dir = str(tmp_path / "tfds")
   dp_config, *flags = cli_flags(data_dir)  # --config=...shakespeare.py:...,size=tiny
   flags += ["--config.num_train_steps=10", "--config.checkpoint_every_steps=5",
-            "--config.eval_every_steps=1000", "--config.sampler.ar.max_new_tokens=4"]
+            "--config.eval_every_steps=1000", "--config.sampler.ar.max_new_tokens=4",
+            "--config.data.log_example_ids=True"]
   fsdp_tp = [f"{dp_config},mesh=fsdp_tp", "--config.mesh.shape=(2,2,2)"]
-  devices = lambda n: f"--xla_force_host_platform_device_count={n}"
+  devices = lambda n: f"{FAST_COMPILE} --xla_force_host_platform_device_count={n}"
   reference, two, resumed, reverse = (str(tmp_path / name)
                                       for name in ("one", "two", "resumed", "reverse"))
   _run([sys.executable, "-m", "tokjax.train", f"--workdir={reference}", *fsdp_tp, *flags],
@@ -148,6 +168,7 @@ def test_two_hosts_of_four_devices_train_as_one_of_eight(tmp_path):
   _run([LAUNCHER, "2", f"--workdir={two}", *fsdp_tp, *flags, "--config.num_train_steps=5"],
        dict(ENV, XLA_FLAGS=devices(4), JAX_PORT=str(_free_port())))
   want = _losses(reference)
+  _assert_fed_the_global_batches(two, reference)
   for step, loss in _losses(two).items():
     assert math.isclose(loss, want[step], rel_tol=1e-5), (step, loss, want[step])
   shutil.copytree(os.path.join(two, "checkpoints"), os.path.join(resumed, "checkpoints"))
@@ -157,6 +178,7 @@ def test_two_hosts_of_four_devices_train_as_one_of_eight(tmp_path):
                   os.path.join(reverse, "checkpoints", "5"))
   _run([LAUNCHER, "2", f"--workdir={reverse}", dp_config, *flags],
        dict(ENV, XLA_FLAGS=devices(4), JAX_PORT=str(_free_port())))
+  _assert_fed_the_global_batches(reverse, reference)
   for workdir in (resumed, reverse):
     got = _losses(workdir)
     assert sorted(got) == list(range(6, 11)), workdir

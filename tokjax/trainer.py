@@ -11,6 +11,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -71,7 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   early (after saving a checkpoint at the step reached and writing
   WORKDIR/PREEMPTED; rerun the command to resume). Writes
   WORKDIR/metrics.jsonl, WORKDIR/tensorboard, WORKDIR/checkpoints and
-  WORKDIR/samples.json.
+  WORKDIR/samples.json (and with config.data.log_example_ids, WORKDIR/example_ids).
   `started_at` (a time.time() stamp; default: now) starts the start-up clock:
   the first step's line in metrics.jsonl has `startup_s` and its phases.
   """
@@ -115,10 +119,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   log = StepLogger(MetricWriter(workdir), bar, tokens_per_step=config.batch_size * config.seq_len,
                    flops_per_token=flops, peak_flops=peak)
   guard = nonfinite.Guard(config.nan_policy, workdir)
-  with stop:  # SIGTERM is caught only inside the loop.
+  # SIGTERM is caught only inside the loop.
+  with stop, _example_ids_log(workdir, config.data.log_example_ids) as ids_log:
     for step in range(start, config.num_train_steps):
       with log.host():
         host_batch = next(data_iter)
+        if ids_log:
+          ids = data_iter.example_ids().tolist()
+          ids_log.write(json.dumps({"step": step + 1, "ids": ids}) + "\n")
         state, metrics = train_step(state, to_global(host_batch, exp.batch_sharding))
       log.flush()  # The previous step's metrics, while this step runs.
       done = step + 1
@@ -165,6 +173,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, started_at: float | N
   log.writer.close()
   ckpt.close()
   return final
+
+
+def _example_ids_log(workdir: str, enabled: bool):
+  """WORKDIR/example_ids/process_<index>.jsonl, opened for appending, line-buffered
+  (a resumed run appends the steps it redoes); a null context when not `enabled`."""
+  if not enabled:
+    return contextlib.nullcontext()
+  os.makedirs(os.path.join(workdir, "example_ids"), exist_ok=True)
+  return open(os.path.join(workdir, "example_ids", f"process_{jax.process_index()}.jsonl"), "a",
+              buffering=1)
 
 
 def _stop(ckpt, step, state, data_iter, config_dict, log) -> None:

@@ -38,7 +38,7 @@ TEXT_TOKENS = ("bytes", "bpe")  # config.data.tokens of a text dataset.
 
 # config.data entries that change how batches are made, not which: a run may
 # resume with other values.
-RUNTIME_DATA_KEYS = ("worker_count",)
+RUNTIME_DATA_KEYS = ("worker_count", "log_example_ids")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -46,7 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
   text tokens ('bytes' or 'bpe'), the BPE's vocabulary size (`bpe`), the
   feature holding a TFDS dataset's text, and the grain worker processes that
   build training batches (`worker_count`, 0: in the training process; the
-  batches are the same for any count, `pipeline.train_iterator`).
+  batches are the same for any count, `pipeline.train_iterator`), and
+  `log_example_ids`: each process writes the windows it fed each step to
+  WORKDIR/example_ids/process_<index>.jsonl (`TrainIterator.example_ids`).
 
   An image dataset's config adds `pixel_levels`, the grey levels per pixel
   (`PixelTokenizer`; DEFAULT_PIXEL_LEVELS when absent), and sets `tokens` to
@@ -55,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(
       dict(name="shakespeare", data_dir=DEFAULT_DATA_DIR, path="", tokens="bytes",
-           bpe_vocab_size=4096, text_feature=DEFAULT_TEXT_FEATURE, worker_count=0)
+           bpe_vocab_size=4096, text_feature=DEFAULT_TEXT_FEATURE, worker_count=0,
+           log_example_ids=False)
   )
 
 

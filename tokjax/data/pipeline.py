@@ -57,12 +57,18 @@ class TrainIterator:
   under any process count and any `worker_count` (grain's own iterator state
   depends on both). With worker_count > 0, grain worker processes build the
   batches (`IterDataset.mp_prefetch`), in the same order.
+
+  Args:
+    ids: MapDataset of int64[local_batch], the window indices of each batch.
+    windows: int32[num_windows, seq_len], what the indices select.
+    worker_count: grain worker processes (0: build batches in this process).
   """
 
-  def __init__(self, batches: grain.MapDataset, worker_count: int = 0):
+  def __init__(self, ids: grain.MapDataset, windows: np.ndarray, worker_count: int = 0):
     if worker_count < 0:
       raise ValueError(f"data.worker_count={worker_count} must be >= 0 (0: no worker processes).")
-    self._batches, self._worker_count = batches, worker_count
+    self._ids, self._worker_count = ids, worker_count
+    self._batches = ids.map(lambda i: windows[i])
     self._start(0)
 
   def _start(self, position: int) -> None:
@@ -79,6 +85,13 @@ class TrainIterator:
     batch = next(self._iterator)
     self.position += 1
     return batch
+
+  def example_ids(self) -> np.ndarray:
+    """int64[local_batch]: the window indices (rows of `pack`'s output) of the
+    batch last drawn, this process's rows only."""
+    if not self.position:
+      raise ValueError("No batch drawn yet: call next() first.")
+    return self._ids[self.position - 1]
 
   def get_state(self) -> dict:
     return {"batches": self.position}
@@ -124,14 +137,14 @@ def train_iterator(
         "or a smaller batch_size."
     )
   rows = slice(process_index * local, (process_index + 1) * local)
-  batches = (
+  ids = (
       grain.MapDataset.range(len(windows))
       .shuffle(seed=seed)
       .repeat()
       .batch(batch_size, drop_remainder=True)
-      .map(lambda ids: windows[ids[rows]])
+      .map(lambda batch: batch[rows])
   )
-  return TrainIterator(batches, worker_count)
+  return TrainIterator(ids, windows, worker_count)
 
 
 def eval_batches(
