@@ -1,16 +1,17 @@
-"""Test setup: 8 fake CPU devices, the persistent compilation cache, the peak cache.
+"""Test setup: 8 fake CPU devices, fast compiles, the persistent compilation cache, the peak cache.
 
-The XLA flag must be set before jax is imported anywhere, which is why it lives
-here at module import time.
+XLA reads XLA_FLAGS when its first backend starts, so the flags are set here,
+at import time, before any test runs.
 """
 import atexit
 import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-)
+from tiny import FAST_COMPILE
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE, "--xla_force_host_platform_device_count=8"])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # MFU's CPU peak (tokjax.device_peak): a small matmul, cached in a temporary
 # file that the CLI tests' subprocesses share, never in ~/.cache.

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from tiny import ROOT
+from tiny import FAST_COMPILE, ROOT
 
 # Two cm3 training steps on the (2,2,2) mesh: its span sampler is a while loop
 # whose condition all-reduces, next to the step's all-gathers.
@@ -33,7 +33,7 @@ def test_sharded_step_runs_twice_against_one_cache(tmp_path):
       os.environ, JAX_PLATFORMS="cpu",
       PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]),
       # A deadlocked collective aborts after 20 s instead of XLA's default 40 s.
-      XLA_FLAGS="--xla_force_host_platform_device_count=8"
+      XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=8"
                 " --xla_cpu_collective_call_terminate_timeout_seconds=20",
   )
   args = [sys.executable, "-c", SCRIPT, str(tmp_path / "cache"), str(tmp_path / "tfds")]
