@@ -13,6 +13,9 @@ CORPUS = os.path.join(ROOT, "tests", "fixtures", "corpus")
 # level's in the last bits of a float32 (measured: 2 of 6 training losses by
 # 1-2 ulp), so every test compares programs compiled with the same flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
+# XLA's default level, for the few in-process programs whose time is running
+# rather than compiling: `jax.jit(f, compiler_options=OPTIMIZED)`.
+OPTIMIZED = {"xla_backend_optimization_level": 3}
 # The CLI tests' subprocesses: one CPU device each (not the suite's 8).
 CLI_ENV = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
 
