@@ -8,7 +8,12 @@ import os
 import shutil
 import tempfile
 
-from tiny import FAST_COMPILE
+# With the `tpu` extra installed, tokjax.compile's TPU topologies load libtpu,
+# whose lockfile would otherwise fail the second process that loads it (the
+# other xdist worker, a CLI subprocess); none of them uses a TPU chip. Set
+# before tiny's import, whose CLI_ENV copies os.environ.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+from tiny import FAST_COMPILE  # noqa: E402
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE, "--xla_force_host_platform_device_count=8"])
