@@ -110,7 +110,7 @@ def main():
   print(f"\n{args.size} {args.dtype}, batch {BATCH} x seq {SEQ_LEN}, jax {jax.__version__} on "
         f"{jax.devices()[0].device_kind}; median of {args.windows} windows of {args.steps} steps")
   causal = statistics.median(runners["causal"].rates)
-  print(f"| objective | tokens/s (min..max) | / causal | work beyond causal's |\n|---|---|---|---|")
+  print("| objective | tokens/s (min..max) | / causal | work beyond causal's |\n|---|---|---|---|")
   for name, runner in runners.items():
     rate = statistics.median(runner.rates)
     print(f"| {name} | {rate:,.0f} ({min(runner.rates):,.0f}..{max(runner.rates):,.0f}) | "

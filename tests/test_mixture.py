@@ -1,6 +1,5 @@
 """The mixture objective: per-batch draws, exact component losses, bad mixes."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -14,7 +14,6 @@ from tokjax import objectives
 from tokjax.data import load_split, to_global
 from tokjax.experiment import Experiment
 from tokjax.models import TransformerConfig
-from tokjax.models.multi_token import MultiTokenModel
 from tokjax.objectives.causal import Causal
 from tokjax.objectives.multi_token import MultiToken
 from tokjax.samplers import autoregressive, model_fns

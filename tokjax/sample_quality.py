@@ -8,7 +8,6 @@ sampling lowers both numbers at once.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
