@@ -3,11 +3,17 @@
   python benchmarks/sampler_speed.py [--family ar|masked|all] [--sizes base,large]
       [--batches 1,32] [--prompt_len 64] [--new_tokens 256] [--repeats 3]
       [--torch_threads 2,1] [--prefill_len 1000] [--prefill_batches 1,8] [--num_beams 4]
+      [--cpu_devices 2]
 
 AR (--family ar, the default; needs `pip install -e '.[bench]'` for the peer).
 For each size (configs/shakespeare.py size=base: 6 layers x d_model 256, 4
 heads, d_ff 1024; size=large: 8 x 512, 8 heads, d_ff 2048; causal objective,
-byte vocabulary of 260), random weights, float32, one process:
+byte vocabulary of 260), random weights, float32, one process. With
+--cpu_devices N, XLA:CPU presents the host as N devices (what `tokjax.sample
+--cpu_devices` does) and every tokjax row below shards its batch over them,
+parameters replicated, when N divides the batch (batch 1 runs on one device):
+XLA:CPU runs each batched matmul, such as decode attention over the KV cache,
+on one core, while devices run concurrently.
 
   generate  tokens/s of `tokjax.samplers.autoregressive.sample` with the KV
             cache (the compiled program's second call; temperature 0 for
@@ -197,15 +203,29 @@ class Roofline:
 
 
 def ar_model(size: str, max_len: int):
-  """(Experiment, params) of configs/shakespeare.py, causal, at `size`, seq_len max_len."""
+  """(Experiment, params) of configs/shakespeare.py, causal, at `size`, seq_len
+  max_len, on a data-parallel mesh over all devices (one, without --cpu_devices)."""
   from tokjax.config import load_config_file
   from tokjax.experiment import Experiment
 
   config = load_config_file(CONFIG, f"size={size}")
   config.seq_len = max_len  # The model's max_seq_len: the cache and the prefill.
-  config.mesh.shape = (1,)
+  config.mesh.shape = (-1,)
   exp = Experiment.create(config)
   return exp, exp.init_state()["params"]
+
+
+def placed(exp, params, *rows):
+  """params and `rows` (arrays of one batch size) where the benchmark runs them:
+  the rows sharded over the mesh's devices (params replicated) when their
+  number divides the batch, else everything on the first device."""
+  import jax
+
+  sharding = exp.batch_sharding
+  if rows[0].shape[0] % sharding.num_devices:
+    device = jax.devices()[0]
+    return jax.device_put((params, *rows), device)
+  return (params, *(jax.device_put(r, sharding) for r in rows))
 
 
 def hf_model(exp, n_positions: int):
@@ -264,10 +284,11 @@ def ar_family(args) -> None:
     generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive)
     step_rows(args, exp, fns, params, roof, jax, jnp, np)
     prefill_rows(args, exp, fns, params, roof, jax, jnp, np)
-    beam_rows(args, exp, fns, params, jax, np)
+    if args.num_beams:
+      beam_rows(args, exp, fns, params, jax, np)
 
 
-def generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive) -> None:
+def generate_rows(args, exp, fns, all_params, hf, roof, threads, autoregressive) -> None:
   import jax
   import numpy as np
   import torch
@@ -279,6 +300,7 @@ def generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive) -> 
   for batch in (int(b) for b in args.batches.split(",")):
     prompt = np.random.default_rng(batch).integers(0, 256, (batch, prompt_len), np.int32)
     hf_prompt = torch.from_numpy(prompt.astype(np.int64))
+    params, prompt = placed(exp, all_params, prompt)
     for mode, temperature in (("greedy", 0.0), ("sampled", 1.0)):
       def tokjax_run(seed=1):
         out = autoregressive.sample(
@@ -316,7 +338,7 @@ def generate_rows(args, exp, fns, params, hf, roof, threads, autoregressive) -> 
             f"(medians {rates.median(hf_label) / rates.median('tokjax'):.2f}x)")
 
 
-def step_rows(args, exp, fns, params, roof, jax, jnp, np, steps: int = 32) -> None:
+def step_rows(args, exp, fns, all_params, roof, jax, jnp, np, steps: int = 32) -> None:
   """Per-step seconds of decode (q_len 1, cache filled to the middle) and of
   the one-token forward, each in a jitted fori_loop of `steps` steps."""
   cache_len = args.prompt_len + args.new_tokens
@@ -324,8 +346,9 @@ def step_rows(args, exp, fns, params, roof, jax, jnp, np, steps: int = 32) -> No
   print(f"  decode step vs one-token forward: cache {cache_len} slots, filled to "
         f"{start}..{start + steps} ({steps} steps a call); best of {3 * args.repeats} (median)")
   for batch in (int(b) for b in args.batches.split(",")):
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, start), np.int32))
-    positions = jnp.broadcast_to(jnp.arange(start, dtype=jnp.int32), (batch, start))
+    tokens = np.random.default_rng(0).integers(0, 256, (batch, start), np.int32)
+    positions = np.broadcast_to(np.arange(start, dtype=np.int32), (batch, start))
+    params, tokens, positions = placed(exp, all_params, tokens, positions)
     prefill = jax.jit(lambda p, t, pos: fns.decode(p, t, pos, fns.init_cache(batch, cache_len)))
     cache = [prefill(params, tokens, positions)[1]]
     first = tokens[:, -1:]
@@ -371,7 +394,7 @@ def step_rows(args, exp, fns, params, roof, jax, jnp, np, steps: int = 32) -> No
           f"{100 * roof.param_bytes / roof.bandwidth / dec:.0f}% of the decode step")
 
 
-def beam_rows(args, exp, fns, params, jax, np) -> None:
+def beam_rows(args, exp, fns, all_params, jax, np) -> None:
   """Beam search's cost: wall time of `beam.sample` with --num_beams beams
   (length_penalty 0.6, eos_id -1) over greedy KV-cache AR of the same rows."""
   from tokjax.samplers import autoregressive, beam
@@ -381,6 +404,7 @@ def beam_rows(args, exp, fns, params, jax, np) -> None:
         f"tokens; best of {args.repeats} (median)")
   for batch in (int(b) for b in args.batches.split(",")):
     prompt = np.random.default_rng(batch).integers(0, 256, (batch, prompt_len), np.int32)
+    params, prompt = placed(exp, all_params, prompt)
     key, pad = jax.random.key(0), exp.tokenizer.pad_id
     runs = {
         "beam": lambda: beam.sample(fns, params, prompt, key, eos_id=-1, pad_id=pad,
@@ -402,16 +426,17 @@ def beam_rows(args, exp, fns, params, jax, np) -> None:
           f"(medians {rates.median('beam') / rates.median('greedy'):.2f}x)")
 
 
-def prefill_rows(args, exp, fns, params, roof, jax, jnp, np) -> None:
+def prefill_rows(args, exp, fns, all_params, roof, jax, jnp, np) -> None:
   length = args.prefill_len
   print(f"  prefill of a {length}-token prompt (decode into an empty {length}-slot cache) vs "
         f"the training forward; best of {args.repeats} (median)")
   for batch in (int(b) for b in args.prefill_batches.split(",")):
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, (batch, length), np.int32))
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    tokens = np.random.default_rng(1).integers(0, 256, (batch, length), np.int32)
+    params, tokens = placed(exp, all_params, tokens)
 
     @jax.jit
     def prefill(params, tokens):
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
       logits, cache = fns.decode(params, tokens, positions, fns.init_cache(batch, length))
       return logits[:, -1], cache  # What a sampler keeps.
 
@@ -444,7 +469,11 @@ def main():
                   help="Comma-separated thread counts for HF (default: the core count).")
   ar.add_argument("--prefill_len", type=int, default=1000)
   ar.add_argument("--prefill_batches", default="1,8")
-  ar.add_argument("--num_beams", type=int, default=4)
+  ar.add_argument("--num_beams", type=int, default=4, help="0 skips the beam search rows.")
+  ar.add_argument("--cpu_devices", type=int, default=0,
+                  help="Split the CPU into this many XLA devices (tokjax.runtime."
+                       "configure_cpu_devices) and shard the rows of every batch they divide "
+                       "over them; other batches run on the first device. 0: one device.")
   masked = parser.add_argument_group("masked")
   masked.add_argument("--workdir", help="A trained md4 run.")
   masked.add_argument("--judge", help="A causal run that scores the trained run's samples.")
@@ -458,6 +487,8 @@ def main():
                        "torch wheels suffice), or run --family masked.")
     from tokjax import runtime
     runtime.configure_xla_cpu("float32")  # As tokjax.train does for float32, before jax starts.
+    if args.cpu_devices:
+      runtime.configure_cpu_devices(args.cpu_devices)  # As tokjax.sample --cpu_devices does.
     ar_family(args)
   if args.family != "ar":
     masked_family(args)

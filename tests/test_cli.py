@@ -74,6 +74,16 @@ def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):
   assert all(s.startswith("ROMEO:") for s in record["samples"])
 
 
+def test_sample_cli_spreads_the_rows_over_cpu_devices(causal_run):
+  """--cpu_devices=2 makes two CPU devices and shards the rows over them (two
+  prompts, two rows each); greedy decoding gives the samples of one device."""
+  workdir, _ = causal_run
+  flags = ("--prompt=ROMEO:", "--prompt=O", "--num_samples=2", "--sampler.ar.temperature=0")
+  one, two = _sample(workdir, *flags), _sample(workdir, *flags, "--cpu_devices=2")
+  assert (one["row_shards"], two["row_shards"]) == (1, 2) and len(one["samples"]) == 4
+  assert two["samples"] == one["samples"]
+
+
 def _sample(workdir, *flags):
   """Runs the sample CLI; returns its record (samples_6.json)."""
   _cli("sample", f"--workdir={workdir}", *flags)

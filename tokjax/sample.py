@@ -1,7 +1,8 @@
 """CLI: sample from the latest checkpoint of a run.
 
   python -m tokjax.sample --workdir DIR [--prompt=TEXT [--prompt=TEXT2 ...]] [--num_samples=N] \
-      [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...]
+      [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...] \
+      [--cpu_devices=2]
 
 With --infill "To be, or ____ to be" the model fills the holes instead
 (--hole_len=8, or one length per hole: --hole_len=8,3), writing
@@ -29,6 +30,9 @@ flags.DEFINE_string("placeholder", "____", "Marks a hole in --infill.")
 flags.DEFINE_list("hole_len", ["8"], "Tokens per hole for masked-token models: one length "
                   "for every hole, or one per hole, e.g. 8,3 (fim, cm3, span_corruption stop "
                   "at their sentinel or EOS).")
+flags.DEFINE_integer("cpu_devices", 0, "On CPU: split the host into this many XLA devices, "
+                     "one per core being fastest, and spread the sample rows over them (the "
+                     "run's data axes; see tokjax.runtime.configure_cpu_devices). 0: one device.")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -36,8 +40,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.initialize()
   f = flags.FLAGS
+  runtime.initialize(cpu_devices=f.cpu_devices)
   overrides = dict(config_flags.get_override_values(f["sampler"]))
   if f.prompt and len(f.prompt) == 1:
     overrides["prompt"] = f.prompt[0]

@@ -93,11 +93,23 @@ def read(layer_cache: jax.Array, layer: jax.Array | None = None) -> jax.Array:
   return jax.lax.dynamic_index_in_dim(layer_cache, layer, keepdims=False)
 
 
-def select_rows(cache: dict, rows: jax.Array) -> dict:
-  """The cache of rows `rows` int32[new_batch] of the old batch (beam search
-  reorders its beams' caches so)."""
+def select_beams(cache: dict, beams: jax.Array) -> dict:
+  """The cache with row b * n + j copied from row b * m + beams[b, j]: the old
+  rows are `batch` groups of m beams, beams is int32[batch, n], and every row
+  picks within its own group (beam search reorders its beams' caches so, and
+  m = 1 makes n copies of each row). A gather inside each group keeps a batch
+  sharded over devices on its devices, where a gather over all rows would
+  first collect every device's cache."""
   axis = _batch_axis(cache)
-  return jax.tree.map(lambda x: jnp.take(x, rows, axis=axis), cache)
+  batch, n = beams.shape
+
+  def pick(x):
+    groups = x.reshape(*x.shape[:axis], batch, -1, *x.shape[axis + 1:])
+    index = beams.reshape((1,) * axis + (batch, n) + (1,) * (x.ndim - axis - 1))
+    picked = jnp.take_along_axis(groups, index, axis=axis + 1)
+    return picked.reshape(*x.shape[:axis], batch * n, *x.shape[axis + 1:])
+
+  return jax.tree.map(pick, cache)
 
 
 def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:

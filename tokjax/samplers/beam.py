@@ -13,7 +13,7 @@ Each step extends every alive beam by every token and keeps the 2K best
 extensions by log P (K = num_beams; at most K end in EOS). Those ending in
 EOS and ranked among the K best enter the prompt's finished set (its K best
 by s(Y)); the K best others stay alive, and the cache rows follow their
-parents (`kv_cache.select_rows`). After the last step the alive beams join
+parents (`kv_cache.select_beams`). After the last step the alive beams join
 the finished set with |Y| = max_new_tokens. With num_beams=1 and alpha=0
 this is greedy decoding.
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.models.kv_cache import select_rows
+from tokjax.models.kv_cache import select_beams
 from tokjax.samplers.autoregressive import (
     leading_pads, prefill, resolve_max_new_tokens, shared_slots,
 )
@@ -185,7 +185,8 @@ def init_state(fns: ModelFns, settings: BeamSettings, params, prompt) -> BeamSta
       tokens=tokens[rows], scores=jnp.broadcast_to(scores, (batch, k)),
       finished=jnp.full((batch, k, total_len), settings.pad_id, jnp.int32),
       finished_scores=jnp.full((batch, k), -jnp.inf, dtype), pos=jnp.int32(prompt_len),
-      done=jnp.zeros((), bool), cache=select_rows(cache, rows), pad_len=pad_len[rows])
+      done=jnp.zeros((), bool), cache=select_beams(cache, jnp.zeros((batch, k), jnp.int32)),
+      pad_len=pad_len[rows])
 
 
 def make_step(fns: ModelFns, settings: BeamSettings, params) -> Callable[[BeamState], BeamState]:
@@ -207,11 +208,11 @@ def make_step(fns: ModelFns, settings: BeamSettings, params) -> Callable[[BeamSt
     finished, finished_scores = _best(jnp.concatenate([state.finished, extended], axis=1),
                                       jnp.concatenate([state.finished_scores, ended], axis=1), k)
     scores, keep = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top), k)
-    rows = jnp.take_along_axis(parent, keep, axis=1).reshape(-1)
     tokens = jnp.take_along_axis(extended, keep[:, :, None], axis=1).reshape(batch * k, -1)
     done = jnp.all(finished_scores[:, 0] >= _bound(scores[:, 0], length, settings))
     return BeamState(tokens, scores, finished, finished_scores, state.pos + 1, done,
-                     select_rows(cache, rows), state.pad_len)
+                     select_beams(cache, jnp.take_along_axis(index // vocab, keep, axis=1)),
+                     state.pad_len)
 
   return step
 
