@@ -91,7 +91,7 @@ def configure_cpu_devices(num_devices: int) -> None:
   XLA:CPU runs a batched matmul (the attention's q k^T and p v, one small
   product per row and head) on one core, but the devices of one process run
   concurrently, so batch-sharded work spread over one device per core uses
-  them all: AR decoding at batch 32 ran 20-40% faster on a 2-core AMD EPYC
+  them all: AR decoding at batch 32 ran 18-45% faster on a 2-core AMD EPYC
   with 2 devices than with 1 (`benchmarks/sampler_speed.py --cpu_devices 2`).
   Sets --xla_force_host_platform_device_count in XLA_FLAGS (replacing a value
   there). XLA reads it when the CPU backend starts, so call this first; the
