@@ -176,7 +176,7 @@ def _run(exp, params, ids: np.ndarray, *, num_samples: int, seed: int, seq_len: 
                               precision=c.sampler.precision, **kwargs)
   record = dict(sampler=name, seed=seed, precision=c.sampler.precision,
                 nfe=int(out.nfe), length=int(out.tokens.shape[1]),
-                row_shards=prompt_batch.shape[0] // prompt_batch.addressable_shards[0].data.shape[0],
+                row_shards=sharding.axes_size(exp.batch_sharding.mesh, exp.batch_sharding.spec[0]),
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))})
   return multihost_utils.process_allgather(out.tokens, tiled=True)[:num_samples], record
 

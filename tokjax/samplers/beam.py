@@ -178,15 +178,14 @@ def init_state(fns: ModelFns, settings: BeamSettings, params, prompt) -> BeamSta
   pad_len = leading_pads(prompt, settings.pad_id)
   cache = prefill(fns, params, prompt, pad_len, fns.init_cache(batch, total_len), total_len,
                   prefix_attention=settings.prefix_attention)
-  rows = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), k)
   tokens = jnp.full((batch, total_len), settings.pad_id, jnp.int32).at[:, :prompt_len].set(prompt)
   scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf).astype(dtype)
   return BeamState(
-      tokens=tokens[rows], scores=jnp.broadcast_to(scores, (batch, k)),
+      tokens=jnp.repeat(tokens, k, axis=0), scores=jnp.broadcast_to(scores, (batch, k)),
       finished=jnp.full((batch, k, total_len), settings.pad_id, jnp.int32),
       finished_scores=jnp.full((batch, k), -jnp.inf, dtype), pos=jnp.int32(prompt_len),
       done=jnp.zeros((), bool), cache=select_beams(cache, jnp.zeros((batch, k), jnp.int32)),
-      pad_len=pad_len[rows])
+      pad_len=jnp.repeat(pad_len, k))
 
 
 def make_step(fns: ModelFns, settings: BeamSettings, params) -> Callable[[BeamState], BeamState]:
