@@ -28,8 +28,9 @@ on one core, while devices run concurrently.
             hits both alike; the figure is the best of --repeats rounds (the
             median in parentheses). HF runs with each of --torch_threads
             (default: the core count) and the faster counts.
-  step      one decode step, q_len 1, on a cache of prompt_len + new_tokens
-            slots filled to the middle, against the plain one-token forward
+  step      one decode step, q_len 1, as the AR sampler runs it, on a cache of
+            prompt_len + new_tokens slots filled to the middle (it reads the
+            filled blocks of 64 slots), against the plain one-token forward
             `model(tokens[batch, 1])` of the same batch: per step in a jitted
             `fori_loop` of 32 steps each (no dispatch in either).
   prefill   tokens/s of `decode` on a --prefill_len prompt into an empty cache
@@ -340,7 +341,10 @@ def generate_rows(args, exp, fns, all_params, hf, roof, threads, autoregressive)
 
 def step_rows(args, exp, fns, all_params, roof, jax, jnp, np, steps: int = 32) -> None:
   """Per-step seconds of decode (q_len 1, cache filled to the middle) and of
-  the one-token forward, each in a jitted fori_loop of `steps` steps."""
+  the one-token forward, each in a jitted fori_loop of `steps` steps. The
+  step decodes as the AR sampler does (`autoregressive.shared_slots`)."""
+  from tokjax.samplers import autoregressive
+
   cache_len = args.prompt_len + args.new_tokens
   start = cache_len // 2 - steps // 2
   print(f"  decode step vs one-token forward: cache {cache_len} slots, filled to "
@@ -354,10 +358,12 @@ def step_rows(args, exp, fns, all_params, roof, jax, jnp, np, steps: int = 32) -
     first = tokens[:, -1:]
 
     def decode_loop(params, cache, token):
+      no_pads = jnp.zeros((batch,), jnp.int32)
+
       def body(i, carry):
         cache, token = carry
-        pos = jnp.full((batch, 1), start + i, jnp.int32)
-        logits, cache = fns.decode(params, token, pos, cache)
+        positions, kwargs = autoregressive.shared_slots(start + i, 1, no_pads, cache_len)
+        logits, cache = fns.decode(params, token, positions, cache, **kwargs)
         return cache, jnp.argmax(logits[:, 0], -1).astype(jnp.int32)[:, None]
       return jax.lax.fori_loop(0, steps, body, (cache, token))
 

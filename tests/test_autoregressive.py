@@ -16,9 +16,10 @@ PAD, EOS = 30, 31  # Of the tiny models' 32 ids.
 
 
 @functools.cache
-def tiny_model(num_layers=2):
+def tiny_model(num_layers=2, kv_block_len=4):
+  """Its KV caches come in blocks of kv_block_len slots (several per cache)."""
   config = TransformerConfig(vocab_size=32, num_layers=num_layers, d_model=32, num_heads=4,
-                             d_ff=64, max_seq_len=16)
+                             d_ff=64, max_seq_len=16, kv_block_len=kv_block_len)
   graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
   return model_fns(graphdef, config), params
 
@@ -144,8 +145,8 @@ def test_rolling_cache_is_streaming_llm_attention():
   every step of the rolling cache (sinks 2, window 5; 3 prompt + 30 new
   tokens, so the ring wraps 4 times) gives the logits of a full forward over
   [sinks + last window tokens] at positions 0..S-1, and the sampler's greedy
-  tokens are their argmax."""
-  fns, params = tiny_model(num_layers=1)
+  tokens are their argmax. Cache blocks of one slot: the sinks span two."""
+  fns, params = tiny_model(num_layers=1, kv_block_len=1)
   sinks, window = 2, 5
   prompt = jnp.array([[1, 2, 3], [PAD, 4, 5]], jnp.int32)  # Row 1: a 2-token prompt.
   out = autoregressive.sample(fns, params, prompt, jax.random.key(0), max_new_tokens=30,
@@ -178,7 +179,8 @@ def test_long_generation_with_a_rolling_cache():
       use_kv_cache=True, prefix_attention=False, stop_ids=())
   state = jax.eval_shape(lambda p: autoregressive.init_state(fns, settings, p, prompt,
                                                              jax.random.key(0)), params)
-  assert {x.shape for x in state.cache["k"]} == {(2, 4, 10, 8)}  # [batch, heads, slots, kv]
+  slots = [[b.shape[2] for b in layer] for layer in state.cache["k"]]  # [batch, heads, slots, kv]
+  assert slots == [[4, 4, 2]] * 2
 
 
 def test_bad_lengths_and_windows_raise_with_the_fix():

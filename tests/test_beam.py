@@ -17,9 +17,10 @@ PAD, EOS = 30, 31
 
 def test_one_beam_is_greedy_decoding():
   """num_beams=1, alpha=0 gives greedy AR's tokens on ragged prompts, EOS
-  (not forbidden: rows may end early) and PAD after it included."""
+  (not forbidden: rows may end early) and PAD after it included; KV caches in
+  blocks of 4 slots."""
   config = TransformerConfig(vocab_size=32, num_layers=2, d_model=32, num_heads=4, d_ff=64,
-                             max_seq_len=16)
+                             max_seq_len=16, kv_block_len=4)
   graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
   fns = model_fns(graphdef, config)
   prompt = jnp.array([[1, 2, 3, 4], [PAD, PAD, 7, 8], [PAD, PAD, PAD, 5]], jnp.int32)
@@ -39,21 +40,22 @@ TABLE = (np.random.default_rng(1).normal(size=(BASE ** 4, V)) * 1.5).astype(np.f
 
 def history_fns():
   """ModelFns whose cache holds each slot's token + 1 (0: empty) in
-  {'k': (float32[batch, 1, slots, 1],), 'v': same}; the logits are
+  {'k': ((float32[batch, 1, slots, 1],),), 'v': same} (one layer of one
+  `kv_cache` block); the logits are
   TABLE[sum over visible slots s of (token_s + 1) * 6^s]."""
 
   def decode(params, tokens, positions, cache, write_at, kv_mask, **kwargs):
-    slots = cache["k"][0]
+    slots = cache["k"][0][0]
     new = (tokens + 1).astype(jnp.float32)[:, None, :, None]
     zero = jnp.zeros((), jnp.int32)  # int32 indices also in 64-bit mode
     slots = jax.lax.dynamic_update_slice(slots, new, (zero, zero, write_at, zero))
     ids = jnp.where(kv_mask[:, -1], slots[:, 0, :, 0], 0).astype(jnp.int32)
     code = (ids * BASE ** jnp.arange(ids.shape[1])).sum(-1)
     logits = jnp.asarray(TABLE)[code][:, None]
-    return jnp.broadcast_to(logits, (*tokens.shape, V)), {"k": (slots,), "v": (slots,)}
+    return jnp.broadcast_to(logits, (*tokens.shape, V)), {"k": ((slots,),), "v": ((slots,),)}
 
   def init_cache(batch, length):
-    return {name: (jnp.zeros((batch, 1, length, 1), jnp.float32),) for name in ("k", "v")}
+    return {name: ((jnp.zeros((batch, 1, length, 1), jnp.float32),),) for name in ("k", "v")}
 
   return ModelFns(lambda *a, **k: None, decode, init_cache, 4)
 

@@ -54,7 +54,7 @@ def stack_blocks(params, scanned_params, num_layers):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_decode_prefill_and_steps_match_causal_forward(scan_layers):
-  graphdef, params = split_model(tiny_config(scan_layers=scan_layers))
+  graphdef, params = split_model(tiny_config(scan_layers=scan_layers, kv_block_len=4))
   tokens = random_tokens(1, (3, 9))
   prompt_len = 6
 
@@ -312,7 +312,7 @@ def test_scanned_layers_match_unscanned_with_the_same_weights():
   want = autoregressive.sample(model_fns(graphdef, config), params, prompt, jax.random.key(0),
                                **ar).tokens
   scanned_fns = model_fns(scanned_graphdef, scanned_config)
-  assert scanned_fns.init_cache(3, 14)["k"].shape == (3, 3, 4, 14, 8)
+  assert [b.shape for b in scanned_fns.init_cache(3, 14)["k"]] == [(3, 3, 4, 14, 8)]
   for use_kv_cache in (True, False):
     got = autoregressive.sample(scanned_fns, scanned_params, prompt, jax.random.key(0),
                                 use_kv_cache=use_kv_cache, **ar).tokens
@@ -407,26 +407,3 @@ def test_model_config_section_is_every_user_setting_with_its_default():
   assert section == {k: v for k, v in fields.items()
                      if k not in ("vocab_size", "max_seq_len", "time_conditioning")}
   assert TransformerConfig(vocab_size=8, **section) == TransformerConfig(vocab_size=8)
-
-
-@pytest.mark.parametrize("stacked", [False, True])
-def test_select_beams_picks_within_each_group_and_stays_on_its_devices(stacked):
-  """Row b * n + j of the result is row b * m + beams[b, j] (NumPy reference),
-  in either cache layout; with the rows sharded over 2 devices the compiled
-  gather moves nothing between them (no all-gather or collective-permute)."""
-  from tokjax.models.kv_cache import select_beams
-
-  batch, m, n = 4, 3, 2
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, batch * m, 1, 5, 2) if stacked else (batch * m, 1, 5, 2)).astype(np.float32)
-  cache = {"k": jnp.asarray(x) if stacked else (jnp.asarray(x),)}
-  beams = rng.integers(0, m, (batch, n)).astype(np.int32)
-  rows = (np.arange(batch)[:, None] * m + beams).reshape(-1)
-  got = select_beams(cache, jnp.asarray(beams))["k"]
-  np.testing.assert_array_equal(got if stacked else got[0], x[:, rows] if stacked else x[rows])
-  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  spec = PartitionSpec(None, "data") if stacked else PartitionSpec("data")
-  sharded = jax.tree.map(lambda a: jax.device_put(a, jax.NamedSharding(mesh, spec)), cache)
-  beams_sharded = jax.device_put(beams, jax.NamedSharding(mesh, PartitionSpec("data")))
-  hlo = jax.jit(select_beams).lower(sharded, beams_sharded).compile().as_text()
-  assert "all-gather" not in hlo and "collective-permute" not in hlo and "all-to-all" not in hlo

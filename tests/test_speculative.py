@@ -25,12 +25,13 @@ from tokjax.samplers.token_recycling import draft_tree
 
 def multi_token_model(vocab, seed, max_seq_len=16):
   """A tiny MultiTokenModel with 2 extra heads: (graphdef, config, params).
+  Its KV caches come in blocks of 4 slots.
 
   Parameters from NumPy (N(0, 1 / fan_in) matrices, unit norm scales), not
   the model's initialisers: their eager compiles would cost seconds.
   """
   config = TransformerConfig(vocab_size=vocab, num_layers=1, d_model=16, num_heads=2, d_ff=32,
-                             max_seq_len=max_seq_len)
+                             max_seq_len=max_seq_len, kv_block_len=4)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: MultiTokenModel(config, 3,
                                                                         rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(seed)

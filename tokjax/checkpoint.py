@@ -31,7 +31,7 @@ from tokjax.models.transformer import TransformerConfig
 
 # config.model entries that change how a step runs, not what the state holds:
 # a run resumes, samples or evaluates under other values of these.
-RUNTIME_MODEL_KEYS = ("dtype", "attention_impl", "remat")
+RUNTIME_MODEL_KEYS = ("dtype", "attention_impl", "remat", "kv_block_len")
 
 
 def signature(config: dict) -> dict:

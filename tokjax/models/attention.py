@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokjax.models import kv_cache
 from tokjax.models.layers import dense, fan_in_init, mixed_einsum, param
 from tokjax.sharding import constrain
 
@@ -154,9 +155,11 @@ def _softmax_attention(q, k, v, mask):
   return _probs_times_values(scores, v, mask)
 
 
-def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
-                     values: jax.Array, mask: jax.Array, slot: jax.Array,
-                     sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None) -> jax.Array:
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, values: tuple,
+                     mask: jax.Array, slot: jax.Array,
+                     sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None,
+                     layer: jax.Array | None = None,
+                     read_blocks: jax.Array | None = None) -> jax.Array:
   """Attention of new tokens over a heads-major KV cache read *before* their
   keys and values are written to it (`Block.decode` writes them afterwards).
 
@@ -167,6 +170,10 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
   the read after the write, XLA:CPU copied every layer's cache several times
   per step at batch 1 (it fused the write into both of its users).
 
+  The cache comes in blocks (`kv_cache`), and only the blocks in
+  `read_blocks` are read (a `lax.cond` per block): a decode step costs the
+  filled part of the cache, not all of it.
+
   A prefill (q_len > 1) skips the cache part when no query sees any cache
   slot (an empty cache), and when no new token sees a later one it attends
   over the new tokens by causal blocks (`_causal_blocks`), as the training
@@ -174,7 +181,9 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
 
   Args:
     q, k, v: float[batch, q_len, heads, kv] the new tokens' (q and k rotated).
-    keys, values: float[batch, heads, cache_len, kv] the cache before the write.
+    keys, values: the cache before the write, one layer's blocks
+      float[batch, heads, block_len, kv] (`kv_cache`), or with `layer` the
+      stacked blocks float[layers, batch, heads, block_len, kv].
     mask: bool[batch or 1, 1, q_len, cache_len] the slots each new token sees
       once the new tokens are written, its own included.
     slot: int32[] the new tokens' first slot, or int32[batch] one per row;
@@ -182,11 +191,15 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
     sink_rope: (n, rope tables float32[batch, n, 1, 2, kv / 2]) or None: the
       first n slots' keys are read rotated by these further angles (the same
       for every sink of a row), a new key written there too.
+    layer: int32[] this layer's index into stacked blocks, or None.
+    read_blocks: bool[num_blocks] the blocks to read, a superset of those
+      holding a slot that `mask` shows (`kv_cache.blocks_seen`); None: all.
 
   Returns:
     float[batch, q_len, heads, kv] in the dtype of v.
   """
-  length, q_len = keys.shape[2], q.shape[1]
+  starts = kv_cache.block_starts(keys)
+  length, q_len = starts[-1], q.shape[1]
   slot = jnp.clip(jnp.asarray(slot, jnp.int32), 0, length - q_len)
   slots = jnp.arange(length, dtype=jnp.int32)
   new_slots = slot[..., None] + jnp.arange(q_len, dtype=jnp.int32)  # [q_len] or [batch, q_len]
@@ -207,10 +220,28 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   scale = 1.0 / math.sqrt(q.shape[-1])
 
+  def per_block(fn, blocks, zeros_shape):
+    """fn(j, block) for each block j that some query sees, zeros for the others."""
+    outs = []
+    for j, block in enumerate(blocks):
+      def run(block=block, j=j):
+        return fn(j, kv_cache.read(block, layer))
+      if read_blocks is None:
+        outs.append(run())
+      else:
+        outs.append(jax.lax.cond(read_blocks[j], run,
+                                 lambda j=j: jnp.zeros(zeros_shape(j), jnp.float32)))
+    return outs
+
   def with_cache():
-    cache_scores = mixed_einsum("bhqd,bhkd->bhqk", q, keys) * scale
+    def block_scores(j, block):
+      return mixed_einsum("bhqd,bhkd->bhqk", q, block) * scale
+    cache_scores = jnp.concatenate(
+        per_block(block_scores, keys, lambda j: (*q.shape[:3], starts[j + 1] - starts[j])), -1)
     if sink_rope is not None:
-      sinks = apply_rope(keys[:, :, :n].transpose(0, 2, 1, 3), tables).transpose(0, 2, 1, 3)
+      first = jnp.concatenate([kv_cache.read(b, layer) for b, lo in zip(keys, starts) if lo < n],
+                              axis=2)[:, :, :n]
+      sinks = apply_rope(first.transpose(0, 2, 1, 3), tables).transpose(0, 2, 1, 3)
       sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sinks) * scale
       cache_scores = jax.lax.dynamic_update_slice_in_dim(cache_scores, sink_scores, 0, axis=3)
     new_scores = mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale
@@ -222,8 +253,12 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array,
     cache_probs, new_probs = jnp.exp(cache_scores - top), jnp.exp(new_scores - top)
     total = (jnp.sum(cache_probs, axis=-1, keepdims=True)
              + jnp.sum(new_probs, axis=-1, keepdims=True))
-    out = (mixed_einsum("bhqk,bhkd->bhqd", cache_probs.astype(values.dtype), values)
-           + mixed_einsum("bhqk,bhkd->bhqd", new_probs.astype(v.dtype), v))
+
+    def block_out(j, block):
+      probs = cache_probs[..., starts[j]:starts[j + 1]].astype(block.dtype)
+      return mixed_einsum("bhqk,bhkd->bhqd", probs, block)
+    out = sum(per_block(block_out, values, lambda j: q.shape))
+    out = out + mixed_einsum("bhqk,bhkd->bhqd", new_probs.astype(v.dtype), v)
     return (out / total).astype(v.dtype)
 
   if q_len == 1:

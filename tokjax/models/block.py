@@ -82,15 +82,16 @@ class Block(nnx.Module):
 
   def decode(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], cache_k: jax.Array,
              cache_v: jax.Array, mask: jax.Array, slot: jax.Array, layer: jax.Array | None = None,
-             sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None):
+             sink_rope: tuple[int, tuple[jax.Array, jax.Array]] | None = None,
+             read_blocks: jax.Array | None = None):
     """Block step that writes the new keys/values into this layer's KV cache.
 
     Args:
       x: float[batch, q_len, embed] hidden states of the new tokens.
       rope: `rope_tables` of the new tokens' positions.
-      cache_k, cache_v: float[batch, heads, cache_len, kv], this layer's cache;
-        or, with `layer`, float[layers, batch, heads, cache_len, kv], every
-        layer's (`kv_cache`).
+      cache_k, cache_v: this layer's cache, blocks float[batch, heads,
+        block_len, kv]; or, with `layer`, every layer's, blocks
+        float[layers, batch, heads, block_len, kv] (`kv_cache`).
       mask: bool[batch, 1, q_len, cache_len] the slots each new token sees
         (after its own keys are written).
       slot: int32[] the new tokens go to slots slot .. slot + q_len - 1.
@@ -98,14 +99,15 @@ class Block(nnx.Module):
       sink_rope: (n, rope tables [batch, n, 1, 2, kv/2]) or None: the first n
         slots' keys are read rotated by these further angles (attention
         sinks at their positions within a rolling cache).
+      read_blocks: bool[num_blocks] the cache blocks to read, or None: all
+        (`attention.decode_attention`).
 
     Returns:
       (x, cache_k, cache_v) with x float[batch, q_len, embed] and the caches
       as given, the new tokens' slots written.
     """
     q, k, v = self.attn.qkv(self.attn_norm(x), rope)
-    keys, values = kv_cache.read(cache_k, layer), kv_cache.read(cache_v, layer)
-    out = decode_attention(q, k, v, keys, values, mask, slot, sink_rope)
+    out = decode_attention(q, k, v, cache_k, cache_v, mask, slot, sink_rope, layer, read_blocks)
     # XLA updates a loop-carried cache in place only if the write provably
     # follows every read of the old cache in the step, and it orders them by
     # data dependencies (an optimization_barrier does not order them for its
@@ -181,25 +183,25 @@ def run_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, ja
 
 def decode_blocks(blocks: nnx.List | Block, x: jax.Array, rope: tuple[jax.Array, jax.Array],
                   cache: dict, mask: jax.Array, slot: jax.Array, config: TransformerConfig,
-                  sink_rope=None) -> tuple[jax.Array, dict]:
+                  sink_rope=None, read_blocks=None) -> tuple[jax.Array, dict]:
   """`Block.decode` through the stack: x float[batch, q_len, embed] -> (x, cache).
 
-  `cache` is `kv_cache.init_cache`'s: one array per layer, written in place;
-  or, with config.scan_layers, stacked [layers, ...] arrays, carried through
+  `cache` is `kv_cache.init_cache`'s: each layer's blocks, written in place;
+  or, with config.scan_layers, blocks stacked over layers, carried through
   the scan and written in place at each block's layer.
   """
   if not config.scan_layers:
     new_k, new_v = [], []
     for block, cache_k, cache_v in zip(blocks, cache["k"], cache["v"]):
       x, cache_k, cache_v = block.decode(x, rope, cache_k, cache_v, mask, slot,
-                                         sink_rope=sink_rope)
+                                         sink_rope=sink_rope, read_blocks=read_blocks)
       new_k.append(cache_k)
       new_v.append(cache_v)
     return x, {"k": tuple(new_k), "v": tuple(new_v)}
 
   def block_fn(carry, block, layer):
     x, cache_k, cache_v = carry
-    return block.decode(x, rope, cache_k, cache_v, mask, slot, layer, sink_rope)
+    return block.decode(x, rope, cache_k, cache_v, mask, slot, layer, sink_rope, read_blocks)
 
   scan = nnx.scan(block_fn, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry, graph=False)
   x, cache_k, cache_v = scan((x, cache["k"], cache["v"]), blocks,

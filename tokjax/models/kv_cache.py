@@ -1,16 +1,21 @@
 """The KV cache: its layout, and the few operations samplers need on it.
 
-Layout: heads-major, float[batch, heads, cache_len, kv] per layer (a tuple of
-num_layers arrays), or with `TransformerConfig.scan_layers` one stacked
-float[layers, batch, heads, cache_len, kv] array (the scan's carry). Heads-major
-means decode attention reads each head's keys as one contiguous
-[cache_len, kv] matrix, so the score and value matmuls run on the cache in
-place instead of transposing all of it every step. Slot s holds the key and
-value of whichever token a sampler wrote there: position s for plain decoding,
-a ring slot for a rolling cache, a tree node for tree attention.
+Layout: heads-major blocks. Each layer's keys (and values) are a tuple of
+blocks float[batch, heads, block_len, kv] of consecutive slots (the last
+block may be shorter), one buffer each; with `TransformerConfig.scan_layers`
+the blocks are stacked over layers, float[layers, batch, heads, block_len, kv]
+(the scan's carry). Heads-major means decode attention reads each head's keys
+as contiguous [block_len, kv] matrices, so the score and value matmuls run on
+the cache in place. Separate blocks let `attention.decode_attention` skip the
+blocks no query sees, such as the empty end of a cache being filled: XLA:CPU
+would copy a slice of one long buffer before a matmul, a separate buffer it
+reads in place. Slot s holds the key and value of whichever token a sampler
+wrote there: position s for plain decoding, a ring slot for a rolling cache,
+a tree node for tree attention.
 
-The functions below take either layout; they tell them apart by the type of
-cache['k'] (tuple: per layer; array: stacked).
+cache = {'k': keys, 'v': values}: without scan_layers, keys is a tuple of
+layers, each a tuple of blocks; with it, a tuple of stacked blocks. The
+functions below take either layout.
 """
 from __future__ import annotations
 
@@ -24,16 +29,13 @@ if TYPE_CHECKING:
 
 
 def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict:
-  """A zero KV cache for `Transformer.decode`.
-
-  Without scan_layers, one array per layer (not one stacked array) so that
-  XLA updates each in place and attention reads it without slicing a copy out
-  of a stack.
+  """A zero KV cache for `Transformer.decode`, in blocks of config.kv_block_len slots.
 
   Returns:
-    {'k': (float[batch_size, heads, max_len, kv],) * num_layers, 'v': same},
-    or with scan_layers {'k': float[layers, batch_size, heads, max_len, kv],
-    'v': same}; in config.dtype.
+    {'k': ((float[batch_size, heads, block_len, kv],) * num_blocks,) * num_layers,
+    'v': same}, or with scan_layers {'k': (float[layers, batch_size, heads,
+    block_len, kv],) * num_blocks, 'v': same}; in config.dtype. The last
+    block holds the remaining max_len % block_len slots, if any.
 
   Raises:
     ValueError: max_len > config.max_seq_len.
@@ -44,53 +46,101 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
         "shorten generation or raise TransformerConfig.max_seq_len (or use a rolling "
         "cache: sampler.ar.window)."
     )
-  shape = (batch_size, config.num_heads, max_len, config.head_dim)
+  block = config.kv_block_len
+  sizes = [block] * (max_len // block) + ([max_len % block] if max_len % block else [])
+  lead = (config.num_layers,) if config.scan_layers else ()
+
+  def layer():
+    return tuple(jnp.zeros((*lead, batch_size, config.num_heads, size, config.head_dim),
+                           config.dtype) for size in sizes)
+
   if config.scan_layers:
-    return {name: jnp.zeros((config.num_layers, *shape), config.dtype) for name in ("k", "v")}
-  return {name: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
-          for name in ("k", "v")}
+    return {name: layer() for name in ("k", "v")}
+  return {name: tuple(layer() for _ in range(config.num_layers)) for name in ("k", "v")}
+
+
+def _layer_blocks(cache: dict) -> tuple:
+  """The first layer's blocks (every block of a stacked cache)."""
+  return cache["k"][0] if isinstance(cache["k"][0], tuple) else cache["k"]
+
+
+def block_starts(blocks: tuple) -> list[int]:
+  """The first slot of each block, and the number of slots last."""
+  starts = [0]
+  for block in blocks:
+    starts.append(starts[-1] + block.shape[-2])
+  return starts
 
 
 def cache_len(cache: dict) -> int:
   """The number of slots."""
-  return cache["k"][0].shape[-2]
+  return block_starts(_layer_blocks(cache))[-1]
 
 
-def _batch_axis(cache: dict) -> int:
-  return 0 if isinstance(cache["k"], tuple) else 1
+def blocks_seen(mask: jax.Array, cache: dict) -> jax.Array | None:
+  """bool[num_blocks]: whether any query sees a slot of the block, for
+  `attention.decode_attention`'s read_blocks; None for a cache of one block.
 
-
-def write(layer_cache: jax.Array, new: jax.Array, slot: jax.Array,
-          layer: jax.Array | None = None) -> jax.Array:
-  """`layer_cache` with new float[batch, q_len, heads, kv] written at slots
-  slot .. slot + q_len - 1 (of layer `layer` of a stacked cache), in place.
-
-  slot: int32[] (the same slots in every row, one dynamic_update_slice) or
-  int32[batch] (each row its own, e.g. after speculative rounds that
-  accepted different numbers of tokens; a scatter).
+  mask: bool[batch or 1, 1, q_len, cache_len]. Its reduction runs over the
+  batch: with the rows sharded over devices, the devices exchange it.
   """
-  zero = jnp.zeros((), jnp.int32)  # int32 indices also under 64-bit mode
-  new = new.transpose(0, 2, 1, 3).astype(layer_cache.dtype)
-  slot = jnp.asarray(slot, jnp.int32)
-  if slot.ndim == 1:
-    def write_row(row_cache, row_new, row_slot):  # [(layers,) heads, slots, kv]
-      start = (zero, row_slot, zero)
-      if layer is not None:
-        row_new, start = row_new[None], (jnp.asarray(layer, jnp.int32), *start)
-      return jax.lax.dynamic_update_slice(row_cache, row_new, start)
-    return jax.vmap(write_row, in_axes=(0 if layer is None else 1, 0, 0),
-                    out_axes=0 if layer is None else 1)(layer_cache, new, slot)
-  start = (zero, zero, slot, zero)
-  if layer is not None:
-    new, start = new[None], (jnp.asarray(layer, jnp.int32), *start)
-  return jax.lax.dynamic_update_slice(layer_cache, new, start)
+  starts = block_starts(_layer_blocks(cache))
+  if len(starts) == 2:
+    return None
+  return jnp.stack([jnp.any(mask[..., lo:hi]) for lo, hi in zip(starts, starts[1:])])
 
 
-def read(layer_cache: jax.Array, layer: jax.Array | None = None) -> jax.Array:
-  """float[batch, heads, cache_len, kv]: this layer's slots (`layer` of a stacked cache)."""
+def batch_axis(cache: dict) -> int:
+  """The batch axis of the cache's arrays: 0, or 1 when stacked over layers."""
+  return 0 if isinstance(cache["k"][0], tuple) else 1
+
+
+def _put(block: jax.Array, rows_new: jax.Array, local: jax.Array,
+         layer: jax.Array | None) -> jax.Array:
+  """block[(layer,) b, :, local[b, i]] = rows_new[b, i] for the local slots
+  inside the block, in place; block: [(layers,) batch, heads, size, kv],
+  rows_new: [batch, n, heads, kv], local: int32[batch, n]. A scatter per
+  row (vmap): with the rows sharded over devices, each writes its own."""
+  size = block.shape[-2]
+  local = jnp.where((local >= 0) & (local < size), local, size)  # size: dropped
+
+  def put_row(row, new, slots):  # row: [(layers,) heads, size, kv]; new: [n, heads, kv]
+    index = (slice(None), slots) if layer is None else (layer, slice(None), slots)
+    new = new.transpose(1, 0, 2) if layer is None else new  # Where indexing puts n.
+    return row.at[index].set(new.astype(row.dtype), mode="drop")
+
+  axis = 0 if layer is None else 1
+  return jax.vmap(put_row, in_axes=(axis, 0, 0), out_axes=axis)(block, rows_new, local)
+
+
+def _row_slots(slot: jax.Array, n: int, batch: int, length: int) -> jax.Array:
+  """int32[batch, n]: slots slot .. slot + n - 1 of each row, the first one
+  clamped to [0, length - n] (as dynamic_update_slice clamps); slot is
+  int32[] or int32[batch]."""
+  slot = jnp.clip(jnp.asarray(slot, jnp.int32), 0, length - n)
+  return jnp.broadcast_to(slot, (batch,))[:, None] + jnp.arange(n, dtype=jnp.int32)
+
+
+def write(blocks: tuple, new: jax.Array, slot: jax.Array,
+          layer: jax.Array | None = None) -> tuple:
+  """`blocks` (one layer's, or with `layer` that layer of stacked blocks)
+  with new float[batch, q_len, heads, kv] written at slots slot .. slot +
+  q_len - 1, in place.
+
+  slot: int32[] (the same slots in every row) or int32[batch] (each row its
+  own, e.g. after speculative rounds that accepted different numbers of
+  tokens); clamped to [0, cache_len - q_len].
+  """
+  starts = block_starts(blocks)
+  slots = _row_slots(slot, new.shape[1], new.shape[0], starts[-1])
+  return tuple(_put(block, new, slots - start, layer) for block, start in zip(blocks, starts))
+
+
+def read(block: jax.Array, layer: jax.Array | None = None) -> jax.Array:
+  """float[batch, heads, size, kv]: one block of this layer (`layer` of a stacked block)."""
   if layer is None:
-    return layer_cache
-  return jax.lax.dynamic_index_in_dim(layer_cache, layer, keepdims=False)
+    return block
+  return jax.lax.dynamic_index_in_dim(block, layer, keepdims=False)
 
 
 def select_beams(cache: dict, beams: jax.Array) -> dict:
@@ -100,7 +150,7 @@ def select_beams(cache: dict, beams: jax.Array) -> dict:
   m = 1 makes n copies of each row). A gather inside each group keeps a batch
   sharded over devices on its devices, where a gather over all rows would
   first collect every device's cache."""
-  axis = _batch_axis(cache)
+  axis = batch_axis(cache)
   batch, n = beams.shape
 
   def pick(x):
@@ -121,17 +171,21 @@ def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
   Args:
     cache: a KV cache.
     src: int32[batch, n] source slots.
-    dst: int32[] first destination slot.
+    dst: int32[] first destination slot, or int32[batch] one per row; clamped
+      to [0, cache_len - n] as `write` clamps.
   """
-  axis = _batch_axis(cache)
-  index = src[:, None, :, None]  # [batch, heads, n, kv] broadcast
-  if axis == 1:
-    index = index[None]
+  rows = jnp.arange(src.shape[0], dtype=jnp.int32)[:, None]
 
-  def move(x):
-    picked = jnp.take_along_axis(x, index, axis=axis + 2, mode="clip")
-    start = [jnp.zeros((), jnp.int32)] * x.ndim
-    start[axis + 2] = jnp.asarray(dst, jnp.int32)
-    return jax.lax.dynamic_update_slice(x, picked, start)
+  def move(blocks):  # One layer's blocks.
+    starts = block_starts(blocks)
+    picked = 0
+    for block, start in zip(blocks, starts):
+      local = src - start
+      inside = (local >= 0) & (local < block.shape[-2])
+      got = block[rows, :, jnp.clip(local, 0, block.shape[-2] - 1)]  # [batch, n, heads, kv]
+      picked = jnp.where(inside[:, :, None, None], got, picked)
+    return write(blocks, picked, dst)
 
-  return jax.tree.map(move, cache)
+  if batch_axis(cache) == 0:
+    return {name: tuple(move(blocks) for blocks in layers) for name, layers in cache.items()}
+  return {name: jax.vmap(move)(blocks) for name, blocks in cache.items()}

@@ -57,6 +57,8 @@ class TransformerConfig:
     remat: per-block rematerialisation, a key of `block.REMAT_POLICIES`:
       'none', 'full' (= 'nothing_saveable'), 'dots_saveable' or
       'dots_with_no_batch_dims_saveable' (`jax.checkpoint_policies`).
+    kv_block_len: slots per KV-cache block (`kv_cache`); decoding reads only
+      the blocks that hold visible slots.
 
   Raises:
     ValueError: on an inconsistent setting, naming the fix.
@@ -75,6 +77,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   scan_layers: bool = False
   remat: str = "none"
+  kv_block_len: int = 64
 
   @classmethod
   def config_section(cls) -> dict:
@@ -83,7 +86,8 @@ class TransformerConfig:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in FROM_EXPERIMENT}
 
   def __post_init__(self):
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len"):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len",
+                 "kv_block_len"):
       if getattr(self, name) < 1:
         raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}.")
     if self.d_model % self.num_heads:
@@ -180,7 +184,7 @@ class Transformer(nnx.Module):
     return init_cache(self.config, batch_size, max_len)
 
   def decode(self, tokens, positions, cache, prefix_len=None, *, write_at=None, kv_mask=None,
-             sink_shift=None):
+             sink_shift=None, filled_len=None):
     """KV-cache forward: the logits of `tokens` given everything cached.
 
     By default (slot == position) q_len = prompt length is a batched
@@ -207,6 +211,12 @@ class Transformer(nnx.Module):
         attention sinks at their positions within a rolling cache: Xiao et
         al. 2024, "Efficient Streaming Language Models with Attention
         Sinks", Sec. 3.2).
+      filled_len: int32[] or None: slots at or past it are hidden from every
+        query and never read. A sampler that knows where the cache's filled
+        slots end passes it; without it, decode attention reads the blocks
+        (`kv_cache`) holding a slot that the mask shows, found by a
+        reduction over the batch, which costs a cross-device exchange per
+        step when the rows are sharded over devices.
 
     Returns:
       (float32[batch, q_len, vocab_size] logits, updated cache).
@@ -215,11 +225,12 @@ class Transformer(nnx.Module):
       ValueError: q_len longer than the cache, or a time-conditioned model.
     """
     hidden, cache = self.decode_hidden(tokens, positions, cache, prefix_len, write_at=write_at,
-                                       kv_mask=kv_mask, sink_shift=sink_shift)
+                                       kv_mask=kv_mask, sink_shift=sink_shift,
+                                       filled_len=filled_len)
     return self.logits_from_hidden(hidden), cache
 
   def decode_hidden(self, tokens, positions, cache, prefix_len=None, *, write_at=None,
-                    kv_mask=None, sink_shift=None):
+                    kv_mask=None, sink_shift=None, filled_len=None):
     """`decode` up to the last block: (float[batch, q_len, embed] hidden
     states before `final_norm`, updated cache). Arguments and errors as `decode`."""
     if self.config.time_conditioning:
@@ -232,6 +243,12 @@ class Transformer(nnx.Module):
       mask = cache_mask(positions, length, prefix_len)
     else:
       mask = kv_mask[:, None]
+    if filled_len is None:
+      read_blocks = kv_cache.blocks_seen(mask, cache)
+    else:
+      filled = jnp.arange(length, dtype=jnp.int32) < filled_len
+      mask = mask & filled
+      read_blocks = kv_cache.blocks_seen(filled[None, None, None], cache)  # The same for all rows.
     slot = positions[0, 0] if write_at is None else write_at
     rope = rope_tables(positions, self.config.head_dim, self.config.rope_base)
     sink_rope = None
@@ -240,7 +257,7 @@ class Transformer(nnx.Module):
       shift = jnp.broadcast_to(jnp.asarray(shift, jnp.int32)[:, None], (tokens.shape[0], n))
       sink_rope = (n, rope_tables(shift, self.config.head_dim, self.config.rope_base))
     return decode_blocks(self.blocks, self._embed(tokens, None), rope, cache, mask, slot,
-                         self.config, sink_rope)
+                         self.config, sink_rope, read_blocks)
 
   def _check_tokens(self, tokens) -> tuple[int, int]:
     if tokens.ndim != 2:

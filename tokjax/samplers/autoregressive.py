@@ -355,7 +355,8 @@ def shared_slots(start, length: int, pad_len: jax.Array, cache_len: int,
 
   Returns:
     (positions int32[batch, q_len] = c - pad_len[row], {write_at: int32[]
-    start, kv_mask: bool[batch, q_len, cache_len]}), slot s visible to
+    start, kv_mask: bool[batch, q_len, cache_len], filled_len: int32[]
+    start + q_len, or the largest prefix_end if later}), slot s visible to
     column c iff pad_len[row] <= s <= c (or s < prefix_end[row]).
   """
   cols = start + jnp.arange(length, dtype=jnp.int32)
@@ -365,7 +366,9 @@ def shared_slots(start, length: int, pad_len: jax.Array, cache_len: int,
     visible = visible | (slots[None, :] < prefix_end[:, None])[:, None, :]
   visible = visible & (slots[None, :] >= pad_len[:, None])[:, None, :]
   positions = cols[None, :] - pad_len[:, None]
-  return positions, dict(write_at=jnp.asarray(start, jnp.int32), kv_mask=visible)
+  start = jnp.asarray(start, jnp.int32)
+  filled = start + length if prefix_end is None else jnp.maximum(start + length, prefix_end.max())
+  return positions, dict(write_at=start, kv_mask=visible, filled_len=filled)
 
 
 def ring_slots(t: jax.Array, sinks: int, window: int) -> tuple[jax.Array, dict]:

@@ -198,25 +198,6 @@ def walk_tree(tree: DraftTree, tokens: jax.Array, scores: jax.Array, uniforms: j
   return path, jnp.sum(path > 0, axis=1, dtype=jnp.int32), residual
 
 
-def move_rows(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
-  """`kv_cache.move_slots` with one destination per row: in row b, slots
-  src[b, i] go to dst[b] + i.
-
-  Args:
-    cache: a KV cache (`kv_cache` layout: batch axis 0, or 1 when stacked).
-    src: int32[batch, n] source slots.
-    dst: int32[batch] first destination slot per row.
-  """
-  axis = 0 if isinstance(cache["k"], tuple) else 1
-
-  def move_one(row_cache, row_src, row_dst):
-    row_cache = jax.tree.map(lambda x: jnp.expand_dims(x, axis), row_cache)
-    moved = kv_cache.move_slots(row_cache, row_src[None], row_dst)
-    return jax.tree.map(lambda x: jnp.squeeze(x, axis), moved)
-
-  return jax.vmap(move_one, in_axes=(axis, 0, 0), out_axes=axis)(cache, src, dst)
-
-
 def pack_path(cache: dict, path: jax.Array, accepted: jax.Array, pos: jax.Array) -> dict:
   """Moves the accepted nodes' keys and values to slot == position.
 
@@ -231,4 +212,4 @@ def pack_path(cache: dict, path: jax.Array, accepted: jax.Array, pos: jax.Array)
   """
   index = jnp.arange(path.shape[1], dtype=jnp.int32)[None, :]
   src = jnp.where(index < accepted[:, None], pos[:, None] - 1 + path, pos[:, None] + index)
-  return move_rows(cache, src, pos)
+  return kv_cache.move_slots(cache, src, pos)
