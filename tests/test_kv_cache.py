@@ -27,13 +27,16 @@ def flat(cache, name="k") -> np.ndarray:
   return np.concatenate(layers, axis=-2)
 
 
-def test_blocks_hold_consecutive_slots_the_last_one_shorter():
+def test_blocks_hold_consecutive_slots_the_last_one_shorter_or_extended():
   cache = kv_cache.init_cache(config(), BATCH, SLOTS)
   assert [[b.shape for b in layer] for layer in cache["k"]] == [
       [(BATCH, HEADS, 3, KV), (BATCH, HEADS, 3, KV), (BATCH, HEADS, 2, KV)]] * LAYERS
   stacked = kv_cache.init_cache(config(scan_layers=True), BATCH, SLOTS)
   assert [b.shape for b in stacked["v"]] == [(LAYERS, BATCH, HEADS, n, KV) for n in (3, 3, 2)]
   assert kv_cache.cache_len(cache) == kv_cache.cache_len(stacked) == SLOTS
+  longer, stacked = kv_cache.extend(cache, 3), kv_cache.extend(stacked, 3)
+  assert [[b.shape[2] for b in layer] for layer in longer["k"]] == [[3, 3, 5]] * LAYERS
+  assert [b.shape[3] for b in stacked["v"]] == [3, 3, 5] and kv_cache.cache_len(longer) == 11
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

@@ -5,6 +5,7 @@ Masks are boolean, True where a query may attend to a key, shaped
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -170,9 +171,12 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
   the read after the write, XLA:CPU copied every layer's cache several times
   per step at batch 1 (it fused the write into both of its users).
 
-  The cache comes in blocks (`kv_cache`), and only the blocks in
-  `read_blocks` are read (a `lax.cond` per block): a decode step costs the
-  filled part of the cache, not all of it.
+  The cache comes in blocks (`kv_cache`). Each block in `read_blocks` is
+  read once, under a `lax.cond`, into its part of the softmax (its largest
+  score, sum of exponentials and weighted values: the split over keys of
+  Flash-Decoding, Dao et al. 2023, "Flash-Decoding for long-context
+  inference"), and the parts are joined; the other blocks are not read. So a
+  decode step costs the filled part of the cache, not all of it.
 
   A prefill (q_len > 1) skips the cache part when no query sees any cache
   slot (an empty cache), and when no new token sees a later one it attends
@@ -220,45 +224,46 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   scale = 1.0 / math.sqrt(q.shape[-1])
 
-  def per_block(fn, blocks, zeros_shape):
-    """fn(j, block) for each block j that some query sees, zeros for the others."""
-    outs = []
-    for j, block in enumerate(blocks):
-      def run(block=block, j=j):
-        return fn(j, kv_cache.read(block, layer))
-      if read_blocks is None:
-        outs.append(run())
-      else:
-        outs.append(jax.lax.cond(read_blocks[j], run,
-                                 lambda j=j: jnp.zeros(zeros_shape(j), jnp.float32)))
-    return outs
+  low = jnp.finfo(jnp.float32).min
+
+  def block_part(j):
+    """Block j's part of the softmax (Flash-Decoding's split over keys):
+    float32 (max score [batch, heads, q_len, 1], sum of exp(score - max) [same],
+    exp(score - max) @ values [batch, heads, q_len, kv])."""
+    lo, hi = starts[j], starts[j + 1]
+    block_keys, block_values = kv_cache.read(keys[j], layer), kv_cache.read(values[j], layer)
+    scores = mixed_einsum("bhqd,bhkd->bhqk", q, block_keys) * scale
+    if sink_rope is not None and lo < n:
+      m = min(n, hi) - lo
+      sinks = apply_rope(block_keys[:, :, :m].transpose(0, 2, 1, 3),
+                         tuple(t[:, lo:lo + m] for t in tables)).transpose(0, 2, 1, 3)
+      sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sinks) * scale
+      scores = jax.lax.dynamic_update_slice_in_dim(scores, sink_scores, 0, axis=3)
+    scores = jnp.where(cache_mask[..., lo:hi], scores, low)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    probs = jnp.exp(scores - top)
+    return (top, jnp.sum(probs, axis=-1, keepdims=True),
+            mixed_einsum("bhqk,bhkd->bhqd", probs.astype(block_values.dtype), block_values))
+
+  def unread():
+    return (jnp.full((*q.shape[:3], 1), low), jnp.zeros((*q.shape[:3], 1), jnp.float32),
+            jnp.zeros(q.shape, jnp.float32))
 
   def with_cache():
-    def block_scores(j, block):
-      return mixed_einsum("bhqd,bhkd->bhqk", q, block) * scale
-    cache_scores = jnp.concatenate(
-        per_block(block_scores, keys, lambda j: (*q.shape[:3], starts[j + 1] - starts[j])), -1)
-    if sink_rope is not None:
-      first = jnp.concatenate([kv_cache.read(b, layer) for b, lo in zip(keys, starts) if lo < n],
-                              axis=2)[:, :, :n]
-      sinks = apply_rope(first.transpose(0, 2, 1, 3), tables).transpose(0, 2, 1, 3)
-      sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sinks) * scale
-      cache_scores = jax.lax.dynamic_update_slice_in_dim(cache_scores, sink_scores, 0, axis=3)
-    new_scores = mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale
-    low = jnp.finfo(jnp.float32).min
-    cache_scores = jnp.where(cache_mask, cache_scores, low)
-    new_scores = jnp.where(new_mask, new_scores, low)
-    top = jnp.maximum(jnp.max(cache_scores, axis=-1, keepdims=True),
-                      jnp.max(new_scores, axis=-1, keepdims=True))
-    cache_probs, new_probs = jnp.exp(cache_scores - top), jnp.exp(new_scores - top)
-    total = (jnp.sum(cache_probs, axis=-1, keepdims=True)
-             + jnp.sum(new_probs, axis=-1, keepdims=True))
-
-    def block_out(j, block):
-      probs = cache_probs[..., starts[j]:starts[j + 1]].astype(block.dtype)
-      return mixed_einsum("bhqk,bhkd->bhqd", probs, block)
-    out = sum(per_block(block_out, values, lambda j: q.shape))
-    out = out + mixed_einsum("bhqk,bhkd->bhqd", new_probs.astype(v.dtype), v)
+    """Each block read (or not, by read_blocks) under one `lax.cond`, the
+    parts and the new tokens' own keys joined under one softmax."""
+    parts = [block_part(j) if read_blocks is None
+             else jax.lax.cond(read_blocks[j], functools.partial(block_part, j), unread)
+             for j in range(len(keys))]
+    new_scores = jnp.where(new_mask, mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale, low)
+    top = functools.reduce(jnp.maximum, [p[0] for p in parts],
+                           jnp.max(new_scores, axis=-1, keepdims=True))
+    new_probs = jnp.exp(new_scores - top)
+    total = jnp.sum(new_probs, axis=-1, keepdims=True)
+    out = mixed_einsum("bhqk,bhkd->bhqd", new_probs.astype(v.dtype), v)
+    for part_top, part_total, part_out in parts:
+      weight = jnp.exp(part_top - top)
+      total, out = total + weight * part_total, out + weight * part_out
     return (out / total).astype(v.dtype)
 
   if q_len == 1:

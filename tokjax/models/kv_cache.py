@@ -174,18 +174,28 @@ def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
     dst: int32[] first destination slot, or int32[batch] one per row; clamped
       to [0, cache_len - n] as `write` clamps.
   """
-  rows = jnp.arange(src.shape[0], dtype=jnp.int32)[:, None]
-
   def move(blocks):  # One layer's blocks.
     starts = block_starts(blocks)
     picked = 0
     for block, start in zip(blocks, starts):
       local = src - start
       inside = (local >= 0) & (local < block.shape[-2])
-      got = block[rows, :, jnp.clip(local, 0, block.shape[-2] - 1)]  # [batch, n, heads, kv]
-      picked = jnp.where(inside[:, :, None, None], got, picked)
+      got = jax.vmap(lambda row, slots: row[:, slots])(  # Per row: [heads, n, kv].
+          block, jnp.clip(local, 0, block.shape[-2] - 1))
+      picked = jnp.where(inside[:, :, None, None], got.transpose(0, 2, 1, 3), picked)
     return write(blocks, picked, dst)
 
   if batch_axis(cache) == 0:
     return {name: tuple(move(blocks) for blocks in layers) for name, layers in cache.items()}
   return {name: jax.vmap(move)(blocks) for name, blocks in cache.items()}
+
+
+def extend(cache: dict, extra: int) -> dict:
+  """The cache with `extra` more zero slots at its end (in its last block)."""
+  def pad(blocks):
+    last = blocks[-1]
+    return (*blocks[:-1], jnp.pad(last, [(0, 0)] * (last.ndim - 2) + [(0, extra), (0, 0)]))
+
+  if batch_axis(cache) == 0:
+    return {name: tuple(pad(blocks) for blocks in layers) for name, layers in cache.items()}
+  return {name: pad(blocks) for name, blocks in cache.items()}

@@ -594,13 +594,12 @@ def _arange(batch: int, start, length: int) -> jax.Array:
 
 def _new_cache(fns: ModelFns, batch: int, length: int):
   """`fns.init_cache(batch, length)`; past fns.max_seq_len, that cache
-  zero-padded along the slot axis (-2, the `kv_cache` layout). Those slots
-  only ever hold draft tokens past the output's end, never committed."""
+  with zero slots appended (`kv_cache.extend`). Those slots only ever hold
+  draft tokens past the output's end, never committed."""
   limit = fns.max_seq_len
   if limit is None or length <= limit:
     return fns.init_cache(batch, length)
-  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, length - limit), (0, 0)])
-  return jax.tree.map(pad, fns.init_cache(batch, limit))
+  return kv_cache.extend(fns.init_cache(batch, limit), length - limit)
 
 
 def _validate(models: Models, prompt, s: SpecSettings, draft_params) -> None:
