@@ -30,7 +30,8 @@ class ModelFns(NamedTuple):
       cache, prefix_len=None) -> (logits float32[batch, q_len, vocab], cache);
       None if no KV cache.
       Keyword arguments (write_at=, kv_mask=, sink_shift=) place tokens in
-      the cache other than slot == position: see `Transformer.decode`.
+      the cache other than slot == position, and filled_len= bounds the
+      slots it reads: see `Transformer.decode`.
     init_cache: (batch_size, max_len) -> empty cache; None if no KV cache.
     max_seq_len: longest sequence the model accepts; None if unbounded.
     decode_drafts: as decode, but returns (logits, drafts float32[n - 1,
