@@ -30,9 +30,10 @@ on one core, while devices run concurrently.
             (default: the core count) and the faster counts.
   step      one decode step, q_len 1, as the AR sampler runs it, on a cache of
             prompt_len + new_tokens slots filled to the middle (it reads the
-            filled blocks of 64 slots), against the plain one-token forward
-            `model(tokens[batch, 1])` of the same batch: per step in a jitted
-            `fori_loop` of 32 steps each (no dispatch in either).
+            filled blocks of model.kv_block_len slots), against the plain
+            one-token forward `model(tokens[batch, 1])` of the same batch:
+            per step in a jitted `fori_loop` of 32 steps each (no dispatch in
+            either).
   prefill   tokens/s of `decode` on a --prefill_len prompt into an empty cache
             of that length (batch 1 and 8), against the jitted full causal
             forward on [batch, prefill_len] (the train step's forward).

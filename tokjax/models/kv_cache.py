@@ -59,9 +59,23 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
   return {name: tuple(layer() for _ in range(config.num_layers)) for name in ("k", "v")}
 
 
+def _stacked(cache: dict) -> bool:
+  """Whether the blocks are stacked over layers (scan_layers)."""
+  return not isinstance(cache["k"][0], tuple)
+
+
 def _layer_blocks(cache: dict) -> tuple:
   """The first layer's blocks (every block of a stacked cache)."""
-  return cache["k"][0] if isinstance(cache["k"][0], tuple) else cache["k"]
+  return cache["k"] if _stacked(cache) else cache["k"][0]
+
+
+def _map_layers(fn, cache: dict) -> dict:
+  """The cache with each layer's blocks replaced by fn(blocks); fn sees one
+  layer's blocks float[batch, heads, size, kv] in either layout (vmapped over
+  the layers of a stacked cache)."""
+  if _stacked(cache):
+    return {name: jax.vmap(fn)(blocks) for name, blocks in cache.items()}
+  return {name: tuple(fn(blocks) for blocks in layers) for name, layers in cache.items()}
 
 
 def block_starts(blocks: tuple) -> list[int]:
@@ -88,11 +102,6 @@ def blocks_seen(mask: jax.Array, cache: dict) -> jax.Array | None:
   if len(starts) == 2:
     return None
   return jnp.stack([jnp.any(mask[..., lo:hi]) for lo, hi in zip(starts, starts[1:])])
-
-
-def batch_axis(cache: dict) -> int:
-  """The batch axis of the cache's arrays: 0, or 1 when stacked over layers."""
-  return 0 if isinstance(cache["k"][0], tuple) else 1
 
 
 def _put(block: jax.Array, rows_new: jax.Array, local: jax.Array,
@@ -150,7 +159,7 @@ def select_beams(cache: dict, beams: jax.Array) -> dict:
   m = 1 makes n copies of each row). A gather inside each group keeps a batch
   sharded over devices on its devices, where a gather over all rows would
   first collect every device's cache."""
-  axis = batch_axis(cache)
+  axis = 1 if _stacked(cache) else 0  # The batch axis.
   batch, n = beams.shape
 
   def pick(x):
@@ -174,7 +183,7 @@ def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
     dst: int32[] first destination slot, or int32[batch] one per row; clamped
       to [0, cache_len - n] as `write` clamps.
   """
-  def move(blocks):  # One layer's blocks.
+  def move(blocks):
     starts = block_starts(blocks)
     picked = 0
     for block, start in zip(blocks, starts):
@@ -185,17 +194,12 @@ def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
       picked = jnp.where(inside[:, :, None, None], got.transpose(0, 2, 1, 3), picked)
     return write(blocks, picked, dst)
 
-  if batch_axis(cache) == 0:
-    return {name: tuple(move(blocks) for blocks in layers) for name, layers in cache.items()}
-  return {name: jax.vmap(move)(blocks) for name, blocks in cache.items()}
+  return _map_layers(move, cache)
 
 
 def extend(cache: dict, extra: int) -> dict:
   """The cache with `extra` more zero slots at its end (in its last block)."""
   def pad(blocks):
-    last = blocks[-1]
-    return (*blocks[:-1], jnp.pad(last, [(0, 0)] * (last.ndim - 2) + [(0, extra), (0, 0)]))
+    return (*blocks[:-1], jnp.pad(blocks[-1], ((0, 0), (0, 0), (0, extra), (0, 0))))
 
-  if batch_axis(cache) == 0:
-    return {name: tuple(pad(blocks) for blocks in layers) for name, layers in cache.items()}
-  return {name: pad(blocks) for name, blocks in cache.items()}
+  return _map_layers(pad, cache)
