@@ -28,8 +28,26 @@ if TYPE_CHECKING:
   from tokjax.models.transformer import TransformerConfig
 
 
+# With kv_block_len 0, a block holds at least this many bytes of one layer's
+# keys: at 4 MiB the per-block cost of decode attention (a conditional and small
+# matmuls) stays small against the block's read. Batch 32 of 8 heads x 64 then
+# gets blocks of 64 slots; batch 1 one block for a cache of up to 2,048 slots.
+AUTO_BLOCK_BYTES = 4 * 2**20
+
+
+def block_len(config: TransformerConfig, batch_size: int, max_len: int) -> int:
+  """Slots per block: config.kv_block_len, or with 0 the smallest power of two
+  whose block of one layer's keys, float[batch_size, heads, block_len, kv],
+  holds at least AUTO_BLOCK_BYTES; at most max_len."""
+  if config.kv_block_len:
+    return config.kv_block_len
+  slot_bytes = batch_size * config.d_model * jnp.dtype(config.dtype).itemsize
+  slots = -(-AUTO_BLOCK_BYTES // slot_bytes)  # Rounded up.
+  return min(max_len, 1 << (slots - 1).bit_length())
+
+
 def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict:
-  """A zero KV cache for `Transformer.decode`, in blocks of config.kv_block_len slots.
+  """A zero KV cache for `Transformer.decode`, in blocks of `block_len` slots.
 
   Returns:
     {'k': ((float[batch_size, heads, block_len, kv],) * num_blocks,) * num_layers,
@@ -46,7 +64,7 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
         "shorten generation or raise TransformerConfig.max_seq_len (or use a rolling "
         "cache: sampler.ar.window)."
     )
-  block = config.kv_block_len
+  block = block_len(config, batch_size, max_len)
   sizes = [block] * (max_len // block) + ([max_len % block] if max_len % block else [])
   lead = (config.num_layers,) if config.scan_layers else ()
 

@@ -58,7 +58,8 @@ class TransformerConfig:
       'none', 'full' (= 'nothing_saveable'), 'dots_saveable' or
       'dots_with_no_batch_dims_saveable' (`jax.checkpoint_policies`).
     kv_block_len: slots per KV-cache block (`kv_cache`); decoding reads only
-      the blocks that hold visible slots.
+      the blocks that hold visible slots. 0: chosen per cache from its batch
+      size, blocks of at least `kv_cache.AUTO_BLOCK_BYTES` (`kv_cache.block_len`).
 
   Raises:
     ValueError: on an inconsistent setting, naming the fix.
@@ -77,7 +78,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   scan_layers: bool = False
   remat: str = "none"
-  kv_block_len: int = 64
+  kv_block_len: int = 0
 
   @classmethod
   def config_section(cls) -> dict:
@@ -86,10 +87,12 @@ class TransformerConfig:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in FROM_EXPERIMENT}
 
   def __post_init__(self):
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len",
-                 "kv_block_len"):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_seq_len"):
       if getattr(self, name) < 1:
         raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}.")
+    if self.kv_block_len < 0:
+      raise ValueError(f"TransformerConfig.kv_block_len must be >= 0 (0: chosen from the "
+                       f"batch), got {self.kv_block_len}.")
     if self.d_model % self.num_heads:
       raise ValueError(
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
