@@ -11,9 +11,12 @@ heads, d_ff 1024; size=large: 8 x 512, 8 heads, d_ff 2048; causal objective,
 byte vocabulary of 260), random weights, float32, one process. With
 --cpu_devices N, XLA:CPU presents the host as N devices (what `tokjax.sample
 --cpu_devices` does) and every tokjax row below shards its batch over them,
-parameters replicated, when N divides the batch (batch 1 runs on one device):
-XLA:CPU runs each batched matmul, such as decode attention over the KV cache,
-on one core, while devices run concurrently.
+parameters replicated, when N divides the batch; a batch it does not divide
+(batch 1) runs tensor parallel instead, each weight split over the devices
+(the fsdp_tp preset, `tokjax.sample --mesh=fsdp_tp`). XLA:CPU runs each
+batched matmul, such as decode attention over the KV cache, on one core, and
+each matrix-vector product of batch 1 with one thread, while devices run
+concurrently.
 
   generate  tokens/s of `tokjax.samplers.autoregressive.sample` with the KV
             cache (the compiled program's second call; temperature 0 for
@@ -220,14 +223,33 @@ def ar_model(size: str, max_len: int):
 def placed(exp, params, *rows):
   """params and `rows` (arrays of one batch size) where the benchmark runs them:
   the rows sharded over the mesh's devices (params replicated) when their
-  number divides the batch, else everything on the first device."""
+  number divides the batch, else tensor parallel (`tensor_parallel`): the
+  params split over the devices, the rows replicated."""
   import jax
 
   sharding = exp.batch_sharding
-  if rows[0].shape[0] % sharding.num_devices:
-    device = jax.devices()[0]
-    return jax.device_put((params, *rows), device)
-  return (params, *(jax.device_put(r, sharding) for r in rows))
+  if rows[0].shape[0] % sharding.num_devices == 0:
+    return (params, *(jax.device_put(r, sharding) for r in rows))
+  tp = tensor_parallel(exp)
+  replicated = jax.sharding.NamedSharding(tp.mesh, jax.sharding.PartitionSpec())
+  return (jax.device_put(params, tp.state_shardings["params"]),
+          *(jax.device_put(r, replicated) for r in rows))
+
+
+def tensor_parallel(exp):
+  """`exp` on the fsdp_tp mesh preset (one Experiment per exp): on 2 devices,
+  Megatron-style tensor parallelism over heads and MLP width."""
+  from tokjax.config import apply_mesh_preset
+  from tokjax.experiment import Experiment
+
+  if id(exp) not in _TENSOR_PARALLEL:
+    config = exp.config.copy_and_resolve_references()
+    apply_mesh_preset(config, "fsdp_tp")
+    _TENSOR_PARALLEL[id(exp)] = Experiment.create(config)
+  return _TENSOR_PARALLEL[id(exp)]
+
+
+_TENSOR_PARALLEL = {}
 
 
 def hf_model(exp, n_positions: int):
@@ -480,7 +502,8 @@ def main():
   ar.add_argument("--cpu_devices", type=int, default=0,
                   help="Split the CPU into this many XLA devices (tokjax.runtime."
                        "configure_cpu_devices) and shard the rows of every batch they divide "
-                       "over them; other batches run on the first device. 0: one device.")
+                       "over them; other batches run tensor parallel (the fsdp_tp preset). 0: one "
+                       "device.")
   masked = parser.add_argument_group("masked")
   masked.add_argument("--workdir", help="A trained md4 run.")
   masked.add_argument("--judge", help="A causal run that scores the trained run's samples.")

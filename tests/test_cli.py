@@ -76,12 +76,15 @@ def test_sample_cli_keeps_the_prompt_and_the_runs_settings(causal_run):
 
 def test_sample_cli_spreads_the_rows_over_cpu_devices(causal_run):
   """--cpu_devices=2 makes two CPU devices and shards the rows over them (two
-  prompts, two rows each); greedy decoding gives the samples of one device."""
+  prompts, two rows each); with --mesh=fsdp_tp the rows stay whole and the
+  weights are split over the devices instead (tensor parallel). Greedy
+  decoding gives the samples of one device either way."""
   workdir, _ = causal_run
   flags = ("--prompt=ROMEO:", "--prompt=O", "--num_samples=2", "--sampler.ar.temperature=0")
   one, two = _sample(workdir, *flags), _sample(workdir, *flags, "--cpu_devices=2")
-  assert (one["row_shards"], two["row_shards"]) == (1, 2) and len(one["samples"]) == 4
-  assert two["samples"] == one["samples"]
+  tensor = _sample(workdir, *flags, "--cpu_devices=2", "--mesh=fsdp_tp")
+  assert (one["row_shards"], two["row_shards"], tensor["row_shards"]) == (1, 2, 1)
+  assert len(one["samples"]) == 4 and two["samples"] == tensor["samples"] == one["samples"]
 
 
 def _sample(workdir, *flags):

@@ -4,22 +4,25 @@ from __future__ import annotations
 import ml_collections
 
 from tokjax.checkpoint import Checkpointer, abstract_with_shardings
-from tokjax.config import base_config, sampler_config
+from tokjax.config import apply_mesh_preset, base_config, sampler_config
 from tokjax.experiment import Experiment
 
 
-def load_run(workdir: str, sampler_overrides: dict | None = None):
+def load_run(workdir: str, sampler_overrides: dict | None = None, mesh: str | None = None):
   """Returns (Experiment, params, step) from the latest checkpoint in `workdir`.
 
   Only the parameters are restored; a BPE run's tokenizer is its own copy,
   WORKDIR/tokenizer.json. The run's saved settings are kept
   (top-level settings and sampler sections it lacks take today's defaults), and `sampler_overrides`, a flat
   dict such as {'ar.top_p': 0.9, 'prompt': 'ROMEO:'}, is applied on top.
+  `mesh`, a key of `sharding.MESH_PRESETS`, lays the parameters out by that
+  preset instead of the run's mesh (e.g. 'fsdp_tp': tensor parallel).
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`, or a BPE run with neither
       its tokenizer.json nor the trained file.
-    ValueError: the checkpoint was written by an incompatible config.
+    ValueError: the checkpoint was written by an incompatible config; an
+      unknown mesh preset.
   """
   ckpt = Checkpointer(workdir)
   config = ml_collections.ConfigDict(ckpt.saved_config())
@@ -35,6 +38,8 @@ def load_run(workdir: str, sampler_overrides: dict | None = None):
       section = section[part]
     section[leaf] = value
   config.sampler = sampler
+  if mesh:
+    apply_mesh_preset(config, mesh)
   exp = Experiment.create(config, workdir=workdir)
   abstract = abstract_with_shardings(exp.abstract_state, exp.state_shardings)
   params, step = ckpt.restore_params(abstract["params"], config.to_dict())

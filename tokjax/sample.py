@@ -2,7 +2,7 @@
 
   python -m tokjax.sample --workdir DIR [--prompt=TEXT [--prompt=TEXT2 ...]] [--num_samples=N] \
       [--sampler.name=maskgit --sampler.precision=float64 --sampler.ar.top_p=0.9 ...] \
-      [--cpu_devices=2]
+      [--cpu_devices=2 [--mesh=fsdp_tp]]
 
 With --infill "To be, or ____ to be" the model fills the holes instead
 (--hole_len=8, or one length per hole: --hole_len=8,3), writing
@@ -33,6 +33,10 @@ flags.DEFINE_list("hole_len", ["8"], "Tokens per hole for masked-token models: o
 flags.DEFINE_integer("cpu_devices", 0, "On CPU: split the host into this many XLA devices, "
                      "one per core being fastest, and spread the sample rows over them (the "
                      "run's data axes; see tokjax.runtime.configure_cpu_devices). 0: one device.")
+flags.DEFINE_string("mesh", None, "A mesh preset (dp, fsdp, fsdp_tp) to sample on instead of "
+                    "the run's own. With --cpu_devices=2, fsdp_tp is tensor parallel (each "
+                    "device reads half of every weight): the faster layout for batch 1 at 8 "
+                    "layers x 512.")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -47,7 +51,7 @@ def main(argv):
     overrides["prompt"] = f.prompt[0]
   if f.num_samples is not None:
     overrides["num_samples"] = f.num_samples
-  exp, params, step = load_run(f.workdir, overrides)
+  exp, params, step = load_run(f.workdir, overrides, mesh=f.mesh)
   if f.infill is None:
     generation.write_samples(exp, params, f.workdir, step, f"samples_{step}.json",
                              prompts=f.prompt if f.prompt and len(f.prompt) > 1 else None)
