@@ -14,9 +14,8 @@ byte vocabulary of 260), random weights, float32, one process. With
 parameters replicated, when N divides the batch; a batch it does not divide
 (batch 1) runs tensor parallel instead, each weight split over the devices
 (the fsdp_tp preset, `tokjax.sample --mesh=fsdp_tp`). XLA:CPU runs each
-batched matmul, such as decode attention over the KV cache, on one core, and
-each matrix-vector product of batch 1 with one thread, while devices run
-concurrently.
+batched matmul, such as decode attention over the KV cache, on one core, while
+devices run concurrently.
 
   generate  tokens/s of `tokjax.samplers.autoregressive.sample` with the KV
             cache (the compiled program's second call; temperature 0 for

@@ -87,6 +87,13 @@ def test_sample_cli_spreads_the_rows_over_cpu_devices(causal_run):
   assert len(one["samples"]) == 4 and two["samples"] == tensor["samples"] == one["samples"]
 
 
+def test_a_mesh_the_devices_do_not_fit_names_cpu_devices(causal_run):
+  out = subprocess.run([sys.executable, "-m", "tokjax.sample", f"--workdir={causal_run[0]}",
+                        "--mesh=fsdp_tp"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0 and "--cpu_devices=2" in out.stderr
+
+
 def _sample(workdir, *flags):
   """Runs the sample CLI; returns its record (samples_6.json)."""
   _cli("sample", f"--workdir={workdir}", *flags)

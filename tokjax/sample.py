@@ -12,10 +12,13 @@ overrides one of them. The sampler is the objective's default unless
 with the sampler settings, to WORKDIR/samples_STEP.json. Only the parameters
 are restored, not the optimizer state.
 """
+import math
+
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from tokjax import generation, runtime
+from tokjax import generation, runtime, sharding
 from tokjax.config import sampler_config
 from tokjax.restore import load_run
 
@@ -33,10 +36,10 @@ flags.DEFINE_list("hole_len", ["8"], "Tokens per hole for masked-token models: o
 flags.DEFINE_integer("cpu_devices", 0, "On CPU: split the host into this many XLA devices, "
                      "one per core being fastest, and spread the sample rows over them (the "
                      "run's data axes; see tokjax.runtime.configure_cpu_devices). 0: one device.")
-flags.DEFINE_string("mesh", None, "A mesh preset (dp, fsdp, fsdp_tp) to sample on instead of "
-                    "the run's own. With --cpu_devices=2, fsdp_tp is tensor parallel (each "
-                    "device reads half of every weight): the faster layout for batch 1 at 8 "
-                    "layers x 512.")
+flags.DEFINE_enum("mesh", None, sorted(sharding.MESH_PRESETS), "A mesh preset to sample on "
+                  "instead of the run's own. With --cpu_devices=2, fsdp_tp is tensor parallel "
+                  "(each device reads half of every weight): the faster layout for batch 1 at "
+                  "8 layers x 512.")
 config_flags.DEFINE_config_dict("sampler", sampler_config(), "Sampler settings to override.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -46,6 +49,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   runtime.initialize(cpu_devices=f.cpu_devices)
+  if f.mesh:
+    check_mesh_fits(f.mesh)
   overrides = dict(config_flags.get_override_values(f["sampler"]))
   if f.prompt and len(f.prompt) == 1:
     overrides["prompt"] = f.prompt[0]
@@ -58,6 +63,15 @@ def main(argv):
   else:
     generation.write_samples(exp, params, f.workdir, step, f"infill_{step}.json", f.infill,
                              placeholder=f.placeholder, hole_len=f.hole_len)
+
+
+def check_mesh_fits(name: str) -> None:
+  """Raises app.UsageError, naming --cpu_devices, when the device count is not a
+  multiple of the preset's fixed axis sizes (fsdp_tp: 2)."""
+  fixed = math.prod(n for n in sharding.preset(name)["shape"] if n > 0)
+  if jax.device_count() % fixed:
+    raise app.UsageError(f"--mesh={name} needs a multiple of {fixed} devices, and there are "
+                         f"{jax.device_count()}; on CPU add --cpu_devices={fixed}.")
 
 
 if __name__ == "__main__":
