@@ -222,33 +222,20 @@ def ar_model(size: str, max_len: int):
 def placed(exp, params, *rows):
   """params and `rows` (arrays of one batch size) where the benchmark runs them:
   the rows sharded over the mesh's devices (params replicated) when their
-  number divides the batch, else tensor parallel (`tensor_parallel`): the
-  params split over the devices, the rows replicated."""
+  number divides the batch, else tensor parallel on the fsdp_tp preset's mesh
+  (on 2 devices: Megatron-style over heads and MLP width): the params split
+  over the devices, the rows replicated."""
   import jax
 
-  sharding = exp.batch_sharding
-  if rows[0].shape[0] % sharding.num_devices == 0:
-    return (params, *(jax.device_put(r, sharding) for r in rows))
-  tp = tensor_parallel(exp)
-  replicated = jax.sharding.NamedSharding(tp.mesh, jax.sharding.PartitionSpec())
-  return (jax.device_put(params, tp.state_shardings["params"]),
-          *(jax.device_put(r, replicated) for r in rows))
+  from tokjax import sharding
 
-
-def tensor_parallel(exp):
-  """`exp` on the fsdp_tp mesh preset (one Experiment per exp): on 2 devices,
-  Megatron-style tensor parallelism over heads and MLP width."""
-  from tokjax.config import apply_mesh_preset
-  from tokjax.experiment import Experiment
-
-  if id(exp) not in _TENSOR_PARALLEL:
-    config = exp.config.copy_and_resolve_references()
-    apply_mesh_preset(config, "fsdp_tp")
-    _TENSOR_PARALLEL[id(exp)] = Experiment.create(config)
-  return _TENSOR_PARALLEL[id(exp)]
-
-
-_TENSOR_PARALLEL = {}
+  if rows[0].shape[0] % exp.batch_sharding.num_devices == 0:
+    return (params, *(jax.device_put(r, exp.batch_sharding) for r in rows))
+  preset = sharding.preset("fsdp_tp")
+  mesh = sharding.make_mesh(preset["shape"])
+  split = sharding.state_shardings(exp.abstract_state["params"], mesh, preset["rules"])
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return (jax.device_put(params, split), *(jax.device_put(r, replicated) for r in rows))
 
 
 def hf_model(exp, n_positions: int):

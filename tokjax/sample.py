@@ -12,9 +12,6 @@ overrides one of them. The sampler is the objective's default unless
 with the sampler settings, to WORKDIR/samples_STEP.json. Only the parameters
 are restored, not the optimizer state.
 """
-import math
-
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -49,8 +46,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   runtime.initialize(cpu_devices=f.cpu_devices)
-  if f.mesh:
-    check_mesh_fits(f.mesh)
   overrides = dict(config_flags.get_override_values(f["sampler"]))
   if f.prompt and len(f.prompt) == 1:
     overrides["prompt"] = f.prompt[0]
@@ -63,15 +58,6 @@ def main(argv):
   else:
     generation.write_samples(exp, params, f.workdir, step, f"infill_{step}.json", f.infill,
                              placeholder=f.placeholder, hole_len=f.hole_len)
-
-
-def check_mesh_fits(name: str) -> None:
-  """Raises app.UsageError, naming --cpu_devices, when the device count is not a
-  multiple of the preset's fixed axis sizes (fsdp_tp: 2)."""
-  fixed = math.prod(n for n in sharding.preset(name)["shape"] if n > 0)
-  if jax.device_count() % fixed:
-    raise app.UsageError(f"--mesh={name} needs a multiple of {fixed} devices, and there are "
-                         f"{jax.device_count()}; on CPU add --cpu_devices={fixed}.")
 
 
 if __name__ == "__main__":

@@ -82,8 +82,9 @@ def make_mesh(shape, axes=MESH_AXES, devices=None) -> jax.sharding.Mesh:
   if -1 in shape:
     if n % known:
       raise ValueError(
-          f"mesh shape {shape}: {n} devices are not divisible by {known}; "
-          f"change --config.mesh.shape so the fixed sizes divide {n}."
+          f"mesh shape {shape}: {n} devices are not divisible by {known}; change the mesh "
+          f"(--config.mesh.shape, or tokjax.sample --mesh) so the fixed sizes divide {n}, or "
+          f"the device count (on CPU: --cpu_devices={known} or a multiple)."
       )
     shape = tuple(n // known if s == -1 else s for s in shape)
   size = math.prod(shape)
