@@ -1,4 +1,6 @@
 """layers: mixed-precision einsum gradients and the 2-D dense contraction."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,23 +29,32 @@ def test_mixed_einsum_gradients_are_the_einsums(spec, x_shape, w_shape):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def compiled_dot_operand_dtypes(compiled_hlo: str) -> list[tuple[str, ...]]:
+  """The operand element types of every dot in XLA's optimized HLO text."""
+  dtypes = []
+  for body in re.split(r"\n\n", compiled_hlo):
+    types = dict(re.findall(r"%(\S+) = (\w+)\[", body))
+    for operands in re.findall(r" dot\(([^)]*)\)", body):
+      dtypes.append(tuple(types[o.strip().lstrip("%")] for o in operands.split(",")))
+  return dtypes
+
+
 def test_bfloat16_backward_matmuls_stay_bfloat16():
   """With bfloat16 operands all three dots (forward, input and weight
-  gradients) take bfloat16 inputs (JAX's own rule would upcast the backward
-  to float32), accumulate in float32, and the gradients come back in the
-  operands' dtype, close to the float32 ones; the step runs on XLA:CPU, whose
-  weight-gradient kernel needs the transposed layout `_weight_grad` gives."""
+  gradients) run on bfloat16 inputs in the program XLA compiles (JAX's own
+  rule would upcast the backward to float32, and so would XLA:CPU for a weight
+  gradient whose tokens operand keeps the transposed layout), accumulate in
+  float32, and the gradients come back in the operands' dtype, close to the
+  float32 ones."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 16))
   w = jax.random.normal(jax.random.key(1), (16, 4, 8)) / 4
 
   def loss(x, w):
     return (dense(x.astype(jnp.bfloat16), w, out_dtype=jnp.float32) ** 2).sum()
 
-  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).as_text()
-  dots = [line for line in hlo.splitlines() if "dot_general" in line and "->" in line]
-  low = [d for d in dots if "xbf16>, tensor<" in d and "xbf16>) ->" in d]
-  assert len(dots) == 3 and len(low) == 3
-  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  assert compiled_dot_operand_dtypes(grad.lower(x, w).compile().as_text()) == [("bf16", "bf16")] * 3
+  dx, dw = grad(x, w)
   fx, fw = jax.grad(lambda x, w: (dense(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
   assert dx.dtype == dw.dtype == jnp.float32  # Cast back to the parameters' dtype.
   np.testing.assert_allclose(dw, fw, rtol=0.05, atol=0.05 * float(jnp.abs(fw).max()))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokjax.models import kv_cache
-from tokjax.models.layers import dense, fan_in_init, mixed_einsum, param
+from tokjax.models.layers import dense, fan_in_init, materialised_transpose, mixed_einsum, param
 from tokjax.sharding import constrain
 
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
@@ -141,17 +141,27 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   if implementation != "matmul":
     return jax.nn.dot_product_attention(q, k, v, mask=None if is_causal else mask,
                                         is_causal=is_causal, implementation=implementation)
-  # Heads-major [batch, heads, length, kv] once, so that every batched matmul
-  # below reads contiguous operands and no per-block slice transposes again.
-  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-  out = _causal_blocks(q, k, v, mask) if is_causal else _softmax_attention(q, k, v, mask)
+  # Heads-major [batch, heads, length, kv] once, copied (a transpose that XLA
+  # turned into a layout change left bfloat16 batched matmuls without a native
+  # kernel on CPU), so that every batched matmul below reads contiguous operands
+  # and no per-block slice transposes again. The copies are float32 and each
+  # matmul casts its slice back: the backward pass then sums the query blocks'
+  # key and value gradients in float32, where bfloat16 rounded after every add
+  # in slow scalar code (docs/performance.md, third round).
+  dtype = q.dtype
+  q, k, v = (materialised_transpose(x.astype(jnp.float32), [0, 2, 1, 3]) for x in (q, k, v))
+  out = (_causal_blocks(q, k, v, mask, dtype) if is_causal
+         else _softmax_attention(q, k, v, mask, dtype))
   return out.transpose(0, 2, 1, 3)
 
 
-def _softmax_attention(q, k, v, mask):
+def _softmax_attention(q, k, v, mask, dtype=None):
   """The attention of `dot_product_attention` as two batched matmuls on
-  heads-major q: float[batch, heads, q_len, kv] and k, v: [batch, heads, kv_len, kv]."""
+  heads-major q: float[batch, heads, q_len, kv] and k, v: [batch, heads, kv_len, kv],
+  cast to `dtype` first (None: as given)."""
   scale = 1.0 / math.sqrt(q.shape[-1])
+  if dtype is not None:
+    q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
   scores = mixed_einsum("bhqd,bhkd->bhqk", q, k) * scale
   return _probs_times_values(scores, v, mask)
 
@@ -290,7 +300,8 @@ def _probs_times_values(scores, values, mask):
   return mixed_einsum("bhqk,bhkd->bhqd", probs.astype(values.dtype), values).astype(values.dtype)
 
 
-def _causal_blocks(q, k, v, mask, min_block: int = MIN_CAUSAL_BLOCK, max_blocks: int = 4):
+def _causal_blocks(q, k, v, mask, dtype=None, min_block: int = MIN_CAUSAL_BLOCK,
+                   max_blocks: int = 4):
   """Causal attention by query blocks (heads-major, as `_softmax_attention`):
   block i of n attends only to keys [0, (i + 1) L / n), skipping the keys it
   cannot see, so the score and value matmuls do (n + 1) / (2n) of the full
@@ -304,7 +315,7 @@ def _causal_blocks(q, k, v, mask, min_block: int = MIN_CAUSAL_BLOCK, max_blocks:
   outs = [
       _softmax_attention(q[:, :, i * size:(i + 1) * size], k[:, :, :(i + 1) * size],
                          v[:, :, :(i + 1) * size],
-                         mask[..., i * size:(i + 1) * size, :(i + 1) * size])
+                         mask[..., i * size:(i + 1) * size, :(i + 1) * size], dtype)
       for i in range(n)
   ]
   return jnp.concatenate(outs, axis=2)
