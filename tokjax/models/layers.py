@@ -83,7 +83,8 @@ def materialised_transpose(x: jax.Array, order: list[int]) -> jax.Array:
   bitcast), which gives the consuming dot its operand in the old order after
   all; XLA:CPU then runs a low-precision dot in float32 (or not at all). With
   the last axis of `order` split in two around the transpose, XLA:CPU (jax
-  0.10) keeps the copy; tests/test_layers.py checks the compiled program.
+  0.10) keeps the copy; tests/test_layers.py checks the compiled program. An
+  axis of odd length is transposed plainly.
 
   Args:
     x: any array.
