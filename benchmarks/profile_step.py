@@ -51,17 +51,6 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
   return times
 
 
-def dot_types(compiled_hlo: str) -> collections.Counter:
-  """(operand types, result type) -> number of dots in XLA's optimized HLO."""
-  counts = collections.Counter()
-  for body in compiled_hlo.split("\n\n"):
-    types = dict(re.findall(r"%(\S+) = (\w+)\[", body))
-    for result, operands in re.findall(r"= (\w+)\[[^=]*? dot\(([^)]*)\)", body):
-      names = [o.strip().lstrip("%") for o in operands.split(",")]
-      counts[(" x ".join(types.get(n, "?") for n in names), result)] += 1
-  return counts
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--size", default="6x256")
@@ -75,6 +64,7 @@ def main():
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
+  from tokjax.compile import dot_types  # pylint: disable=import-outside-toplevel
   from tokjax.experiment import Experiment  # pylint: disable=import-outside-toplevel
   from tokjax.trainer import make_train_step  # pylint: disable=import-outside-toplevel
 
@@ -105,8 +95,8 @@ def main():
   for kind, ms in by_kind.most_common(args.top):
     print(f"  {ms:8.1f} ms  {count[kind]:4d} ops  {kind}")
   print("\ndots in the compiled step (operand types -> result type):")
-  for (operands, result), n in sorted(dot_types(hlo).items()):
-    print(f"  {n:4d}  {operands} -> {result}")
+  for (operands, result), n in sorted(collections.Counter(dot_types(hlo)).items()):
+    print(f"  {n:4d}  {' x '.join(operands)} -> {result}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """layers: mixed-precision einsum gradients and the 2-D dense contraction."""
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokjax.compile import dot_types
 from tokjax.models.layers import dense, mixed_einsum
 
 SPECS = [("mk,kn->mn", (6, 4), (4, 5)), ("bqhd,bkhd->bhqk", (2, 3, 2, 4), (2, 5, 2, 4)),
@@ -29,16 +28,6 @@ def test_mixed_einsum_gradients_are_the_einsums(spec, x_shape, w_shape):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def compiled_dot_operand_dtypes(compiled_hlo: str) -> list[tuple[str, ...]]:
-  """The operand element types of every dot in XLA's optimized HLO text."""
-  dtypes = []
-  for body in re.split(r"\n\n", compiled_hlo):
-    types = dict(re.findall(r"%(\S+) = (\w+)\[", body))
-    for operands in re.findall(r" dot\(([^)]*)\)", body):
-      dtypes.append(tuple(types[o.strip().lstrip("%")] for o in operands.split(",")))
-  return dtypes
-
-
 def test_bfloat16_backward_matmuls_stay_bfloat16():
   """With bfloat16 operands all three dots (forward, input and weight
   gradients) run on bfloat16 inputs in the program XLA compiles (JAX's own
@@ -53,7 +42,8 @@ def test_bfloat16_backward_matmuls_stay_bfloat16():
     return (dense(x.astype(jnp.bfloat16), w, out_dtype=jnp.float32) ** 2).sum()
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  assert compiled_dot_operand_dtypes(grad.lower(x, w).compile().as_text()) == [("bf16", "bf16")] * 3
+  operands = [types for types, _ in dot_types(grad.lower(x, w).compile().as_text())]
+  assert operands == [("bf16", "bf16")] * 3
   dx, dw = grad(x, w)
   fx, fw = jax.grad(lambda x, w: (dense(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
   assert dx.dtype == dw.dtype == jnp.float32  # Cast back to the parameters' dtype.

@@ -264,6 +264,19 @@ def sharded_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
+def dot_types(compiled_hlo: str) -> list[tuple[tuple[str, ...], str]]:
+  """(operand element types, result element type) of every dot in XLA's
+  optimized HLO text (`jitted.lower(...).compile().as_text()`), e.g.
+  (('bf16', 'bf16'), 'f32'). A low-precision dot listed with float32 operands
+  was upcast by XLA, which had no native kernel for its operands' layout."""
+  dots = []
+  for body in compiled_hlo.split("\n\n"):  # One computation each.
+    types = dict(re.findall(r"%(\S+) = (\w+)\[", body))
+    for result, operands in re.findall(r"= (\w+)\[[^=]*? dot\(([^)]*)\)", body):
+      dots.append((tuple(types[o.strip().lstrip("%")] for o in operands.split(",")), result))
+  return dots
+
+
 def compile_train_step(config: ml_collections.ConfigDict, topology: Topology) -> MemoryReport:
   """Compiles `trainer.make_train_step` for `topology` from abstract inputs.
 
