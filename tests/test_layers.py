@@ -49,3 +49,19 @@ def test_bfloat16_backward_matmuls_stay_bfloat16():
   assert dx.dtype == dw.dtype == jnp.float32  # Cast back to the parameters' dtype.
   np.testing.assert_allclose(dw, fw, rtol=0.05, atol=0.05 * float(jnp.abs(fw).max()))
   np.testing.assert_allclose(dx, fx, rtol=0.05, atol=0.05 * float(jnp.abs(fx).max()))
+
+
+def test_a_float32_weight_gets_its_gradient_unrounded():
+  """A float32 weight in a bfloat16 `dense` gets the float32 result of the
+  bfloat16 matmul x^T g as its gradient: equal to that product of the same
+  bfloat16 values in float64, to float32 accuracy. Casting the weight before
+  the matmul (autocast's way) would round it to bfloat16 first, a relative
+  error up to 2^-9."""
+  x = jax.random.normal(jax.random.key(0), (64, 32)).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (32, 16)) / 4
+  g = jax.random.normal(jax.random.key(2), (64, 16))
+  _, vjp = jax.vjp(lambda w: dense(x, w, out_dtype=jnp.float32), w)
+  (dw,) = vjp(g)
+  want = np.asarray(x, np.float64).T @ np.asarray(g.astype(jnp.bfloat16), np.float64)
+  assert dw.dtype == jnp.float32
+  np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

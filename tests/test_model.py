@@ -319,35 +319,43 @@ def test_scanned_layers_match_unscanned_with_the_same_weights():
     np.testing.assert_array_equal(got, want)
 
 
+POLICY_ORDER = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
+
+
+def remat_loss(remat, **overrides):
+  """(loss of params, params) of a tiny model with this remat policy."""
+  tokens = random_tokens(8, (2, 10))
+  graphdef, params = split_model(tiny_config(remat=remat, **overrides))
+
+  def loss(params):
+    logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+  return loss, params
+
+
+def residual_counts(**overrides) -> list[int]:
+  """The number of residuals each policy of POLICY_ORDER saves for the backward pass."""
+  def count(remat):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      print_saved_residuals(*remat_loss(remat, **overrides))
+    return sum("from the argument" not in line for line in printed.getvalue().splitlines())
+
+  return [count(remat) for remat in POLICY_ORDER]
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_remat_policies_keep_loss_and_gradients(scan_layers):
   """Every policy gives 'none''s loss and gradients, and each saves fewer
   residuals for the backward pass than the one before it in
   none > dots_saveable > dots_with_no_batch_dims_saveable > full (the dot
   policies see the matmuls behind `mixed_einsum`'s custom VJP)."""
-  tokens = random_tokens(8, (2, 10))
-
-  def loss_fn(remat):
-    graphdef, params = split_model(tiny_config(scan_layers=scan_layers, remat=remat))
-
-    def loss(params):
-      logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
-
-    return loss, params
-
-  def num_residuals(remat):
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-      print_saved_residuals(*loss_fn(remat))
-    return sum("from the argument" not in line for line in printed.getvalue().splitlines())
-
-  counts = [num_residuals(r) for r in ("none", "dots_saveable",
-                                        "dots_with_no_batch_dims_saveable", "full")]
+  counts = residual_counts(scan_layers=scan_layers)
   assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
 
   def loss_and_grads(remat):
-    loss, params = loss_fn(remat)
+    loss, params = remat_loss(remat, scan_layers=scan_layers)
     return jax.jit(jax.value_and_grad(loss))(params)
 
   want_loss, want_grads = loss_and_grads("none")
@@ -356,6 +364,14 @@ def test_remat_policies_keep_loss_and_gradients(scan_layers):
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6, err_msg=remat)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5,
                                                         err_msg=remat), got_grads, want_grads)
+
+
+def test_dot_policies_see_the_bfloat16_matmuls():
+  """In bfloat16 compute with float32 parameters each matmul casts its weight
+  inside `mixed_einsum`; the dot policies still see the matmul behind the
+  cast, so they save fewer residuals than 'none' and more than 'full'."""
+  counts = residual_counts(dtype="bfloat16")
+  assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
 
 
 def test_bfloat16_params_hold_the_model_and_its_optimizer_state():

@@ -142,15 +142,16 @@ def remat_policy(name: str):
   Every matmul of the model is a `layers.mixed_einsum`: a dot_general behind a
   custom VJP, which JAX's dot policies, matching the bare dot_general
   primitive, would never save ('dots_saveable' would act as 'full'). So a
-  custom-VJP call whose body is one equation is judged as that equation.
+  custom-VJP call whose body ends in its one dot (after the cast of its
+  weight, in a low precision) is judged as that dot.
   """
   policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[name])
 
   def see_through_custom_vjp(prim, *args, **params):
     if prim.name == "custom_vjp_call":
       body = params["call_jaxpr"].jaxpr.eqns
-      if len(body) == 1:
-        return policy(body[0].primitive, *args, **body[0].params)
+      if [e.primitive.name for e in body[:-1]] in ([], ["convert_element_type"]):
+        return policy(body[-1].primitive, *args, **body[-1].params)
     return policy(prim, *args, **params)
 
   return see_through_custom_vjp

@@ -32,8 +32,9 @@ def fan_in_init(in_axis, out_axis):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def mixed_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
-  """einsum(spec, x, w) of two operands in one compute dtype, accumulated and
-  returned in float32, with the backward matmuls also in the compute dtype.
+  """einsum(spec, x, w) in the compute dtype of x (w is cast to it),
+  accumulated and returned in float32, with the backward matmuls also in the
+  compute dtype and each gradient returned in its operand's own dtype.
 
   For spec 'X,W->Y' the gradients are einsum('Y,W->X', g, w) and
   einsum('X,Y->W', x, g) (every index of X must occur in Y or W, as in a
@@ -42,8 +43,11 @@ def mixed_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   backward matmuls in float32 (it converts the operands to the result type),
   and on XLA:CPU a bfloat16 matmul runs natively only with a float32 result
   (and, for the second gradient, only in the layout `_weight_grad` gives it).
+  A float32 weight w gets the float32 result of its gradient matmul as it is;
+  with the cast outside (autocast's way), that gradient would be rounded to
+  the compute dtype first.
   """
-  return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+  return jnp.einsum(spec, x, w.astype(x.dtype), preferred_element_type=jnp.float32)
 
 
 def _mixed_einsum_fwd(spec, x, w):
@@ -54,7 +58,8 @@ def _mixed_einsum_bwd(spec, residuals, g):
   x, w = residuals
   (x_axes, w_axes), y_axes = spec.replace(" ", "").split("->")[0].split(","), spec.split("->")[1]
   g = g.astype(x.dtype)
-  dx = jnp.einsum(f"{y_axes},{w_axes}->{x_axes}", g, w, preferred_element_type=jnp.float32)
+  dx = jnp.einsum(f"{y_axes},{w_axes}->{x_axes}", g, w.astype(x.dtype),
+                  preferred_element_type=jnp.float32)
   return dx.astype(x.dtype), _weight_grad(x, g, x_axes, y_axes, w_axes).astype(w.dtype)
 
 
@@ -110,15 +115,15 @@ def dense(x: jax.Array, w: jax.Array, num_contract: int = 1,
   """Contracts the last `num_contract` axes of x with the first ones of w, as one 2-D matmul.
 
   float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]].
-  w is cast to the dtype of x and the product is a `mixed_einsum` (float32
-  accumulation, backward in the compute dtype), returned in `out_dtype`
+  The product is a `mixed_einsum` in the dtype of x (float32 accumulation,
+  backward in that dtype, w's gradient in w's dtype), returned in `out_dtype`
   (default: the dtype of x). Flattening to [prod(lead), K] @ [K, N] keeps the
   backward pass two plain matmuls: on XLA:CPU the weight gradient of the
   equivalent 3-D einsum (a contraction over batch and length) runs ~2x slower.
   """
   lead = x.shape[: x.ndim - num_contract]
   k = math.prod(w.shape[:num_contract])
-  y = mixed_einsum("mk,kn->mn", x.reshape(-1, k), w.reshape(k, -1).astype(x.dtype))
+  y = mixed_einsum("mk,kn->mn", x.reshape(-1, k), w.reshape(k, -1))
   return y.astype(out_dtype or x.dtype).reshape(*lead, *w.shape[num_contract:])
 
 
