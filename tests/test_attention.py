@@ -7,6 +7,14 @@ import pytest
 from tokjax.models.attention import dot_product_attention
 
 
+def numpy_probs(q, k, causal):
+  """softmax(q k^T / sqrt(d) + log mask) in NumPy: q, k [batch, len, heads, kv]
+  -> [batch, heads, q_len, k_len]."""
+  scores = np.where(causal, np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]), -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  return probs / probs.sum(-1, keepdims=True)
+
+
 @pytest.mark.parametrize("implementation", ["matmul", "xla"])
 @pytest.mark.parametrize("length", [8, 96, 100])
 def test_attention_kernels_match_a_numpy_reference(implementation, length):
@@ -14,10 +22,7 @@ def test_attention_kernels_match_a_numpy_reference(implementation, length):
   1, 3 and 2 blocks), equals softmax(q k^T / sqrt(d) + log mask) v in NumPy."""
   q, k, v = np.random.default_rng(length).normal(size=(3, 2, length, 2, 8)).astype(np.float32)
   causal = np.tril(np.ones((length, length), bool))
-  scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
-  scores = np.where(causal, scores, -np.inf)
-  probs = np.exp(scores - scores.max(-1, keepdims=True))
-  expected = np.einsum("bhqk,bkhd->bqhd", probs / probs.sum(-1, keepdims=True), v)
+  expected = np.einsum("bhqk,bkhd->bqhd", numpy_probs(q, k, causal), v)
   mask = jnp.asarray(causal)[None, None]
   for is_causal in (False, True):
     out = dot_product_attention(q, k, v, mask, implementation, is_causal=is_causal)
@@ -28,9 +33,7 @@ def numpy_attention_vjp(q, k, v, causal, d_out):
   """Gradients of softmax(q k^T / sqrt(d) + log mask) v with respect to q, k
   and v for the cotangent d_out (all [batch, len, heads, kv]), in NumPy."""
   scale = 1 / np.sqrt(q.shape[-1])
-  scores = np.where(causal, np.einsum("bqhd,bkhd->bhqk", q, k) * scale, -np.inf)
-  probs = np.exp(scores - scores.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
+  probs = numpy_probs(q, k, causal)
   d_v = np.einsum("bhqk,bqhd->bkhd", probs, d_out)
   d_probs = np.einsum("bqhd,bkhd->bhqk", d_out, v)
   d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdims=True)) * scale

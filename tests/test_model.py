@@ -334,15 +334,17 @@ def remat_loss(remat, **overrides):
   return loss, params
 
 
-def residual_counts(**overrides) -> list[int]:
-  """The number of residuals each policy of POLICY_ORDER saves for the backward pass."""
+def assert_policies_save_fewer_in_order(**overrides):
+  """Each policy of POLICY_ORDER saves fewer residuals for the backward pass
+  than the one before it."""
   def count(remat):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
       print_saved_residuals(*remat_loss(remat, **overrides))
     return sum("from the argument" not in line for line in printed.getvalue().splitlines())
 
-  return [count(remat) for remat in POLICY_ORDER]
+  counts = [count(remat) for remat in POLICY_ORDER]
+  assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -351,8 +353,7 @@ def test_remat_policies_keep_loss_and_gradients(scan_layers):
   residuals for the backward pass than the one before it in
   none > dots_saveable > dots_with_no_batch_dims_saveable > full (the dot
   policies see the matmuls behind `mixed_einsum`'s custom VJP)."""
-  counts = residual_counts(scan_layers=scan_layers)
-  assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
+  assert_policies_save_fewer_in_order(scan_layers=scan_layers)
 
   def loss_and_grads(remat):
     loss, params = remat_loss(remat, scan_layers=scan_layers)
@@ -370,8 +371,7 @@ def test_dot_policies_see_the_bfloat16_matmuls():
   """In bfloat16 compute with float32 parameters each matmul casts its weight
   inside `mixed_einsum`; the dot policies still see the matmul behind the
   cast, so they save fewer residuals than 'none' and more than 'full'."""
-  counts = residual_counts(dtype="bfloat16")
-  assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
+  assert_policies_save_fewer_in_order(dtype="bfloat16")
 
 
 def test_bfloat16_params_hold_the_model_and_its_optimizer_state():
