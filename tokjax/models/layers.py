@@ -156,11 +156,31 @@ class Mlp(nnx.Module):
     self.w_in = param(rngs, fan_in_init(0, 1), (d_model, d_ff), ("embed", "mlp"))
     self.w_out = param(rngs, fan_in_init(0, 1), (d_ff, d_model), ("mlp", "embed"))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: float[batch, seq_len, embed] -> same shape and dtype."""
+  def __call__(self, x: jax.Array, w_out_t: jax.Array | None = None) -> jax.Array:
+    """x: float[batch, seq_len, embed] -> same shape and dtype.
+
+    w_out_t: `transposed_w_out()`, as decoding passes it, or None (w_out as stored).
+    """
     h = dense(x, self.w_in[...])
     h = jax.nn.gelu(constrain(h, ("batch", "activation_length", "activation_mlp")), approximate=True)
-    return dense(h, self.w_out[...])
+    if w_out_t is None:
+      return dense(h, self.w_out[...])
+    y = mixed_einsum("mk,nk->mn", h.reshape(-1, h.shape[-1]), w_out_t)
+    return y.astype(x.dtype).reshape(x.shape)
+
+  def transposed_w_out(self) -> jax.Array:
+    """w_out as float32[(layers,) embed, mlp], a copy in that layout.
+
+    For decoding: a matrix-vector product reads [embed, mlp] faster than
+    [mlp, embed] on XLA:CPU (see `Block.decode_kernels`). Built as the
+    concatenation of two transposed halves, which XLA computes once outside a
+    decode loop: a lone transpose it folds back into the matmul or, made a
+    copy, redoes in every step.
+    """
+    w = self.w_out[...]
+    half = w.shape[-1] // 2
+    return jnp.concatenate([w[..., :half].swapaxes(-1, -2), w[..., half:].swapaxes(-1, -2)],
+                           axis=-2)
 
 
 def sinusoidal_embedding(time: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
