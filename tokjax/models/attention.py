@@ -353,8 +353,8 @@ class Attention(nnx.Module):
   def fused_qkv_kernel(self) -> jax.Array:
     """The q, k and v kernels as one, float32[(layers,) embed, heads, 3, kv].
 
-    For decoding, where each matmul is a few tokens' matrix-vector product
-    that reads its weights from memory: one read of [embed, 3 * heads * kv]
+    For decoding one row, where each matmul is a matrix-vector product that
+    reads its weights from memory: one read of [embed, 3 * heads * kv]
     runs faster than three of [embed, heads * kv] on XLA:CPU (see
     `Block.decode_kernels`). Heads stay the major axis, so a tensor-parallel
     split over heads stays one block per device.
