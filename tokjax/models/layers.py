@@ -111,10 +111,13 @@ mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
 def dense(x: jax.Array, w: jax.Array, num_contract: int = 1,
-          out_dtype: jnp.dtype | None = None) -> jax.Array:
-  """Contracts the last `num_contract` axes of x with the first ones of w, as one 2-D matmul.
+          out_dtype: jnp.dtype | None = None, transposed_w: bool = False) -> jax.Array:
+  """Contracts the last `num_contract` axes of x with the first ones of w (with
+  transposed_w, the last ones of w), as one 2-D matmul.
 
-  float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]].
+  float[*lead, *w.shape[:num_contract]] x w -> float[*lead, *w.shape[num_contract:]];
+  with transposed_w, float[*lead, *w.shape[-num_contract:]] x w
+  -> float[*lead, *w.shape[:-num_contract]].
   The product is a `mixed_einsum` in the dtype of x (float32 accumulation,
   backward in that dtype, w's gradient in w's dtype), returned in `out_dtype`
   (default: the dtype of x). Flattening to [prod(lead), K] @ [K, N] keeps the
@@ -122,9 +125,14 @@ def dense(x: jax.Array, w: jax.Array, num_contract: int = 1,
   equivalent 3-D einsum (a contraction over batch and length) runs ~2x slower.
   """
   lead = x.shape[: x.ndim - num_contract]
-  k = math.prod(w.shape[:num_contract])
-  y = mixed_einsum("mk,kn->mn", x.reshape(-1, k), w.reshape(k, -1))
-  return y.astype(out_dtype or x.dtype).reshape(*lead, *w.shape[num_contract:])
+  rows = x.reshape(-1, math.prod(x.shape[len(lead):]))
+  if transposed_w:
+    out = w.shape[: w.ndim - num_contract]
+    y = mixed_einsum("mk,nk->mn", rows, w.reshape(math.prod(out), -1))
+  else:
+    out = w.shape[num_contract:]
+    y = mixed_einsum("mk,kn->mn", rows, w.reshape(rows.shape[1], -1))
+  return y.astype(out_dtype or x.dtype).reshape(*lead, *out)
 
 
 class RMSNorm(nnx.Module):
@@ -165,8 +173,7 @@ class Mlp(nnx.Module):
     h = jax.nn.gelu(constrain(h, ("batch", "activation_length", "activation_mlp")), approximate=True)
     if w_out_t is None:
       return dense(h, self.w_out[...])
-    y = mixed_einsum("mk,nk->mn", h.reshape(-1, h.shape[-1]), w_out_t)
-    return y.astype(x.dtype).reshape(x.shape)
+    return dense(h, w_out_t, transposed_w=True)
 
   def transposed_w_out(self) -> jax.Array:
     """w_out as float32[(layers,) embed, mlp], a copy in that layout.
