@@ -35,7 +35,9 @@ devices run concurrently.
             filled blocks of model.kv_block_len slots), against the plain
             one-token forward `model(tokens[batch, 1])` of the same batch:
             per step in a jitted `fori_loop` of 32 steps each (no dispatch in
-            either).
+            either). Also printed: the filled cache's bytes over the copy
+            bandwidth, the least a step must add to the forward, and so the
+            lowest decode / forward ratio that this forward time allows.
   prefill   tokens/s of `decode` on a --prefill_len prompt into an empty cache
             of that length (batch 1 and 8), against the jitted full causal
             forward on [batch, prefill_len] (the train step's forward).
@@ -400,11 +402,15 @@ def step_rows(args, exp, fns, all_params, roof, jax, jnp, np, steps: int = 32) -
     mid = start + steps / 2
     dec_bound = roof.step_seconds(batch, 1, mid, mid)
     fwd_bound = roof.step_seconds(batch, 1, 1, 0)
+    # The least a step can add to this forward: reading the filled cache once.
+    cache_read = batch * mid * roof.kv_bytes_per_slot / roof.bandwidth
     print(f"    batch {batch:>2}: decode {1e3 * dec:.2f} ms (median "
           f"{1e3 * rates.median('decode') / steps:.2f}; roofline {1e3 * dec_bound:.2f} ms, "
           f"{100 * dec_bound / dec:.0f}%), forward {1e3 * fwd:.2f} ms (median "
           f"{1e3 * rates.median('forward') / steps:.2f}; roofline {1e3 * fwd_bound:.2f} ms, "
           f"{100 * fwd_bound / fwd:.0f}%): decode / forward {dec / fwd:.2f}x; "
+          f"cache / bandwidth {1e3 * cache_read:.2f} ms, so at best "
+          f"{(fwd + cache_read) / fwd:.2f}x this forward; "
           f"parameters / bandwidth {1e3 * roof.param_bytes / roof.bandwidth:.2f} ms = "
           f"{100 * roof.param_bytes / roof.bandwidth / dec:.0f}% of the decode step")
 

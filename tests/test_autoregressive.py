@@ -179,7 +179,7 @@ def test_long_generation_with_a_rolling_cache():
       use_kv_cache=True, prefix_attention=False, stop_ids=())
   state = jax.eval_shape(lambda p: autoregressive.init_state(fns, settings, p, prompt,
                                                              jax.random.key(0)), params)
-  slots = [[b.shape[2] for b in layer] for layer in state.cache["k"]]  # [batch, heads, slots, kv]
+  slots = [[b.shape[2] for b in layer] for layer in state.cache["v"]]  # [batch, heads, slots, kv]
   assert slots == [[4, 4, 2]] * 2
 
 

@@ -21,24 +21,33 @@ def config(scan_layers=False, kv_block_len=3):
                            kv_block_len=kv_block_len)
 
 
-def flat(cache, name="k") -> np.ndarray:
-  """float[layers, batch, heads, slots, kv]: the blocks joined along slots."""
+def flat(cache, name) -> np.ndarray:
+  """float[layers, batch, heads, slots, kv]: the key or value blocks joined
+  along slots (keys are stored [..., kv, slots])."""
   layers = cache[name]
+  axis = kv_cache.SLOT_AXIS[name]
   if isinstance(layers[0], tuple):
-    return np.stack([np.concatenate(blocks, axis=-2) for blocks in layers])
-  return np.concatenate(layers, axis=-2)
+    joined = np.stack([np.concatenate(blocks, axis=axis) for blocks in layers])
+  else:
+    joined = np.concatenate(layers, axis=axis)
+  return np.swapaxes(joined, -1, -2) if name == "k" else joined
 
 
 def test_blocks_hold_consecutive_slots_the_last_one_shorter_or_extended():
   cache = kv_cache.init_cache(config(), BATCH, SLOTS)
-  assert [[b.shape for b in layer] for layer in cache["k"]] == [
+  assert [[b.shape for b in layer] for layer in cache["v"]] == [
       [(BATCH, HEADS, 3, KV), (BATCH, HEADS, 3, KV), (BATCH, HEADS, 2, KV)]] * LAYERS
+  assert [[b.shape for b in layer] for layer in cache["k"]] == [  # Keys transposed.
+      [(BATCH, HEADS, KV, 3), (BATCH, HEADS, KV, 3), (BATCH, HEADS, KV, 2)]] * LAYERS
   stacked = kv_cache.init_cache(config(scan_layers=True), BATCH, SLOTS)
   assert [b.shape for b in stacked["v"]] == [(LAYERS, BATCH, HEADS, n, KV) for n in (3, 3, 2)]
+  assert [b.shape for b in stacked["k"]] == [(LAYERS, BATCH, HEADS, KV, n) for n in (3, 3, 2)]
   assert kv_cache.cache_len(cache) == kv_cache.cache_len(stacked) == SLOTS
   longer, stacked = kv_cache.extend(cache, 3), kv_cache.extend(stacked, 3)
-  assert [[b.shape[2] for b in layer] for layer in longer["k"]] == [[3, 3, 5]] * LAYERS
+  assert [[b.shape[2] for b in layer] for layer in longer["v"]] == [[3, 3, 5]] * LAYERS
+  assert [[b.shape[3] for b in layer] for layer in longer["k"]] == [[3, 3, 5]] * LAYERS
   assert [b.shape[3] for b in stacked["v"]] == [3, 3, 5] and kv_cache.cache_len(longer) == 11
+  assert [b.shape[4] for b in stacked["k"]] == [3, 3, 5]
 
 
 @pytest.mark.parametrize("batch,d_model,dtype", [(32, 512, "float32"), (1, 512, "float32"),
@@ -53,7 +62,7 @@ def test_automatic_block_len_is_the_smallest_power_of_two_of_enough_bytes(batch,
   assert n & (n - 1) == 0 and n * slot_bytes >= kv_cache.AUTO_BLOCK_BYTES
   assert n == 1 or n // 2 * slot_bytes < kv_cache.AUTO_BLOCK_BYTES
   short = kv_cache.init_cache(model, batch, n - 1) if n > 1 else None
-  assert short is None or [b.shape[2] for b in short["k"][0]] == [n - 1]
+  assert short is None or [b.shape[2] for b in short["v"][0]] == [n - 1]
   assert kv_cache.block_len(dataclasses.replace(model, kv_block_len=5), batch, 8192) == 5
 
 
@@ -64,28 +73,33 @@ def test_writes_and_slot_moves_across_blocks_match_a_flat_cache(scan_layers):
   puts it in one flat [slots] array."""
   rng = np.random.default_rng(0)
   cache = kv_cache.init_cache(config(scan_layers), BATCH, SLOTS)
-  want = flat(cache).copy()
+  want = {name: flat(cache, name).copy() for name in ("k", "v")}
   writes = [(0, 4, np.int32(2)), (1, 2, np.array([0, 5], np.int32)), (0, 3, np.int32(7))]
   for layer, q_len, slot in writes:
-    new = rng.normal(size=(BATCH, q_len, HEADS, KV)).astype(np.float32)
+    new = {name: rng.normal(size=(BATCH, q_len, HEADS, KV)).astype(np.float32)
+           for name in ("k", "v")}
+    k, v, slot_ = jnp.asarray(new["k"]), jnp.asarray(new["v"]), jnp.asarray(slot)
     if scan_layers:
-      cache["k"] = kv_cache.write(cache["k"], jnp.asarray(new), jnp.asarray(slot), layer)
+      cache["k"], cache["v"] = kv_cache.write(cache["k"], cache["v"], k, v, slot_, layer)
     else:
-      layers = list(cache["k"])
-      layers[layer] = kv_cache.write(layers[layer], jnp.asarray(new), jnp.asarray(slot))
-      cache["k"] = tuple(layers)
+      keys, values = list(cache["k"]), list(cache["v"])
+      keys[layer], values[layer] = kv_cache.write(keys[layer], values[layer], k, v, slot_)
+      cache = {"k": tuple(keys), "v": tuple(values)}
     for b in range(BATCH):
       first = min(int(np.broadcast_to(slot, (BATCH,))[b]), SLOTS - q_len)  # Clamped.
-      want[layer, b, :, first:first + q_len] = new[b].transpose(1, 0, 2)
-  np.testing.assert_array_equal(flat(cache), want)
+      for name in ("k", "v"):
+        want[name][layer, b, :, first:first + q_len] = new[name][b].transpose(1, 0, 2)
+  for name in ("k", "v"):
+    np.testing.assert_array_equal(flat(cache, name), want[name])
 
   src = np.array([[7, 1, 4], [2, 6, 0]], np.int32)
   for dst in (np.int32(1), np.array([5, 0], np.int32)):
     cache = kv_cache.move_slots(cache, jnp.asarray(src), jnp.asarray(dst))
-    for b in range(BATCH):
-      first = min(int(np.broadcast_to(dst, (BATCH,))[b]), SLOTS - src.shape[1])
-      want[:, b, :, first:first + src.shape[1]] = want[:, b][:, :, src[b]]
-    np.testing.assert_array_equal(flat(cache), want)
+    for name in ("k", "v"):
+      for b in range(BATCH):
+        first = min(int(np.broadcast_to(dst, (BATCH,))[b]), SLOTS - src.shape[1])
+        want[name][:, b, :, first:first + src.shape[1]] = want[name][:, b][:, :, src[b]]
+      np.testing.assert_array_equal(flat(cache, name), want[name])
 
 
 @pytest.mark.parametrize("stacked", [False, True])

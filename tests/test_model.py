@@ -355,7 +355,9 @@ def test_scanned_layers_match_unscanned_with_the_same_weights():
   want = autoregressive.sample(model_fns(graphdef, config), params, prompt, jax.random.key(0),
                                **ar).tokens
   scanned_fns = model_fns(scanned_graphdef, scanned_config)
-  assert [b.shape for b in scanned_fns.init_cache(3, 14)["k"]] == [(3, 3, 4, 14, 8)]
+  cache = scanned_fns.init_cache(3, 14)
+  assert [b.shape for b in cache["k"]] == [(3, 3, 4, 8, 14)]  # Keys transposed.
+  assert [b.shape for b in cache["v"]] == [(3, 3, 4, 14, 8)]
   for use_kv_cache in (True, False):
     got = autoregressive.sample(scanned_fns, scanned_params, prompt, jax.random.key(0),
                                 use_kv_cache=use_kv_cache, **ar).tokens

@@ -461,7 +461,7 @@ def test_registry_model_fns_and_debug_errors():
   fns = model_fns(nnx.graphdef(Transformer(config, rngs=nnx.Rngs(0))), config)
   assert fns.max_seq_len == 12
   cache = fns.init_cache(2, 5)
-  assert [[b.shape for b in layer] for layer in cache["k"]] == [[(2, 2, 5, 4)]] * 3  # [batch, heads, slots, kv]
+  assert [[b.shape for b in layer] for layer in cache["v"]] == [[(2, 2, 5, 4)]] * 3  # [batch, heads, slots, kv]
   fns, params = constant_fns(np.zeros(8), expect_time=False)
   with pytest.raises(ValueError, match="debug=True"):
     md4.sample(fns, params, jnp.zeros((1, 2), jnp.int32), jax.random.key(0), seq_len=4,

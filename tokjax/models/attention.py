@@ -195,9 +195,10 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
 
   Args:
     q, k, v: float[batch, q_len, heads, kv] the new tokens' (q and k rotated).
-    keys, values: the cache before the write, one layer's blocks
-      float[batch, heads, block_len, kv] (`kv_cache`), or with `layer` the
-      stacked blocks float[layers, batch, heads, block_len, kv].
+    keys, values: the cache before the write, one layer's key blocks
+      float[batch, heads, kv, block_len] and value blocks float[batch, heads,
+      block_len, kv] (`kv_cache`), or with `layer` the stacked blocks, with
+      a leading [layers] axis.
     mask: bool[batch or 1, 1, q_len, cache_len] the slots each new token sees
       once the new tokens are written, its own included.
     slot: int32[] the new tokens' first slot, or int32[batch] one per row;
@@ -212,7 +213,7 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
   Returns:
     float[batch, q_len, heads, kv] in the dtype of v.
   """
-  starts = kv_cache.block_starts(keys)
+  starts = kv_cache.block_starts(values)
   length, q_len = starts[-1], q.shape[1]
   slot = jnp.clip(jnp.asarray(slot, jnp.int32), 0, length - q_len)
   slots = jnp.arange(length, dtype=jnp.int32)
@@ -235,6 +236,11 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
   scale = 1.0 / math.sqrt(q.shape[-1])
 
   low = jnp.finfo(jnp.float32).min
+  # One query per row and head makes both cache matmuls matrix-vector
+  # products, which XLA:CPU runs with its own single-core kernel; two copies
+  # of the query make them small matrix products that YNNPACK runs, faster
+  # for the same bytes read (docs/decoding.md, "Keys transposed").
+  rows = jnp.concatenate([q, q], axis=2) if q_len == 1 else q
 
   def block_part(j):
     """Block j's part of the softmax (Flash-Decoding's split over keys):
@@ -242,18 +248,18 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, keys: tuple, valu
     exp(score - max) @ values [batch, heads, q_len, kv])."""
     lo, hi = starts[j], starts[j + 1]
     block_keys, block_values = kv_cache.read(keys[j], layer), kv_cache.read(values[j], layer)
-    scores = mixed_einsum("bhqd,bhkd->bhqk", q, block_keys) * scale
+    scores = mixed_einsum("bhqd,bhdk->bhqk", rows, block_keys) * scale
     if sink_rope is not None and lo < n:
       m = min(n, hi) - lo
-      sinks = apply_rope(block_keys[:, :, :m].transpose(0, 2, 1, 3),
-                         tuple(t[:, lo:lo + m] for t in tables)).transpose(0, 2, 1, 3)
-      sink_scores = mixed_einsum("bhqd,bhkd->bhqk", q, sinks) * scale
+      sinks = apply_rope(block_keys[..., :m].transpose(0, 3, 1, 2),  # [batch, m, heads, kv]
+                         tuple(t[:, lo:lo + m] for t in tables)).transpose(0, 2, 3, 1)
+      sink_scores = mixed_einsum("bhqd,bhdk->bhqk", rows, sinks) * scale
       scores = jax.lax.dynamic_update_slice_in_dim(scores, sink_scores, 0, axis=3)
     scores = jnp.where(cache_mask[..., lo:hi], scores, low)
     top = jnp.max(scores, axis=-1, keepdims=True)
     probs = jnp.exp(scores - top)
-    return (top, jnp.sum(probs, axis=-1, keepdims=True),
-            mixed_einsum("bhqk,bhkd->bhqd", probs.astype(block_values.dtype), block_values))
+    out = mixed_einsum("bhqk,bhkd->bhqd", probs.astype(block_values.dtype), block_values)
+    return tuple(x[:, :, :q_len] for x in (top, jnp.sum(probs, axis=-1, keepdims=True), out))
 
   def unread():
     return (jnp.full((*q.shape[:3], 1), low), jnp.zeros((*q.shape[:3], 1), jnp.float32),

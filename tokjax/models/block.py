@@ -105,9 +105,10 @@ class Block(nnx.Module):
     Args:
       x: float[batch, q_len, embed] hidden states of the new tokens.
       rope: `rope_tables` of the new tokens' positions.
-      cache_k, cache_v: this layer's cache, blocks float[batch, heads,
-        block_len, kv]; or, with `layer`, every layer's, blocks
-        float[layers, batch, heads, block_len, kv] (`kv_cache`).
+      cache_k, cache_v: this layer's cache, key blocks float[batch, heads,
+        kv, block_len] and value blocks float[batch, heads, block_len, kv];
+        or, with `layer`, every layer's, each with a leading [layers] axis
+        (`kv_cache`).
       mask: bool[batch, 1, q_len, cache_len] the slots each new token sees
         (after its own keys are written).
       slot: int32[] the new tokens go to slots slot .. slot + q_len - 1.
@@ -132,8 +133,7 @@ class Block(nnx.Module):
     # copy insertion). out depends on both reads, so the written k and v are
     # made to depend on it; exactly k and v unless out is NaN.
     k, v = (jnp.where(jnp.isnan(out), out, new) for new in (k, v))
-    cache_k = kv_cache.write(cache_k, k, slot, layer)
-    cache_v = kv_cache.write(cache_v, v, slot, layer)
+    cache_k, cache_v = kv_cache.write(cache_k, cache_v, k, v, slot, layer)
     x = x + self.attn.project_out(out)
     return x + self.mlp(self.mlp_norm(x), w_out_t), cache_k, cache_v
 

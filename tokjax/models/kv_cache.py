@@ -1,17 +1,19 @@
 """The KV cache: its layout, and the few operations samplers need on it.
 
 Layout: heads-major blocks. Each layer's keys (and values) are a tuple of
-blocks float[batch, heads, block_len, kv] of consecutive slots (the last
-block may be shorter), one buffer each; with `TransformerConfig.scan_layers`
-the blocks are stacked over layers, float[layers, batch, heads, block_len, kv]
-(the scan's carry). Heads-major means decode attention reads each head's keys
-as contiguous [block_len, kv] matrices, so the score and value matmuls run on
-the cache in place. Separate blocks let `attention.decode_attention` skip the
-blocks no query sees, such as the empty end of a cache being filled: XLA:CPU
-would copy a slice of one long buffer before a matmul, a separate buffer it
-reads in place. Slot s holds the key and value of whichever token a sampler
-wrote there: position s for plain decoding, a ring slot for a rolling cache,
-a tree node for tree attention.
+blocks of consecutive slots (the last block may be shorter), one buffer each:
+values float[batch, heads, block_len, kv] and keys transposed, float[batch,
+heads, kv, block_len]; with `TransformerConfig.scan_layers` the blocks are
+stacked over layers, with a leading [layers] axis (the scan's carry).
+Heads-major means decode attention reads each head's keys and values as
+contiguous matrices, so the score and value matmuls run on the cache in place,
+and with the keys transposed both take their right-hand side in the [contracted,
+output] layout that XLA:CPU's YNNPACK matmuls accept (`SLOT_AXIS`). Separate
+blocks let `attention.decode_attention` skip the blocks no query sees, such as
+the empty end of a cache being filled: XLA:CPU would copy a slice of one long
+buffer before a matmul, a separate buffer it reads in place. Slot s holds the
+key and value of whichever token a sampler wrote there: position s for plain
+decoding, a ring slot for a rolling cache, a tree node for tree attention.
 
 cache = {'k': keys, 'v': values}: without scan_layers, keys is a tuple of
 layers, each a tuple of blocks; with it, a tuple of stacked blocks. The
@@ -19,6 +21,7 @@ functions below take either layout.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import jax
@@ -34,10 +37,16 @@ if TYPE_CHECKING:
 # gets blocks of 64 slots; batch 1 one block for a cache of up to 2,048 slots.
 AUTO_BLOCK_BYTES = 4 * 2**20
 
+# The slots axis of a key and of a value block. Keys are stored transposed,
+# so that the scores q k^T multiply [kv, slots] blocks: XLA:CPU's YNNPACK
+# matmuls refuse a right-hand side contracted along its minor axis, and its
+# own batched matmuls run on one core (docs/decoding.md, "Keys transposed").
+SLOT_AXIS = {"k": -1, "v": -2}
+
 
 def block_len(config: TransformerConfig, batch_size: int, max_len: int) -> int:
   """Slots per block: config.kv_block_len, or with 0 the smallest power of two
-  whose block of one layer's keys, float[batch_size, heads, block_len, kv],
+  whose block of one layer's values, float[batch_size, heads, block_len, kv],
   holds at least AUTO_BLOCK_BYTES; at most max_len."""
   if config.kv_block_len:
     return config.kv_block_len
@@ -50,10 +59,11 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
   """A zero KV cache for `Transformer.decode`, in blocks of `block_len` slots.
 
   Returns:
-    {'k': ((float[batch_size, heads, block_len, kv],) * num_blocks,) * num_layers,
-    'v': same}, or with scan_layers {'k': (float[layers, batch_size, heads,
-    block_len, kv],) * num_blocks, 'v': same}; in config.dtype. The last
-    block holds the remaining max_len % block_len slots, if any.
+    {'k': ((float[batch_size, heads, kv, block_len],) * num_blocks,) * num_layers,
+    'v': ((float[batch_size, heads, block_len, kv],) * num_blocks,) * num_layers},
+    or with scan_layers a tuple of blocks for each, with a leading [layers]
+    axis; in config.dtype. The last block holds the remaining max_len %
+    block_len slots, if any.
 
   Raises:
     ValueError: max_len > config.max_seq_len.
@@ -68,13 +78,15 @@ def init_cache(config: TransformerConfig, batch_size: int, max_len: int) -> dict
   sizes = [block] * (max_len // block) + ([max_len % block] if max_len % block else [])
   lead = (config.num_layers,) if config.scan_layers else ()
 
-  def layer():
-    return tuple(jnp.zeros((*lead, batch_size, config.num_heads, size, config.head_dim),
-                           config.dtype) for size in sizes)
+  def layer(name):
+    def shape(size):
+      slots_kv = (config.head_dim, size) if name == "k" else (size, config.head_dim)
+      return (*lead, batch_size, config.num_heads, *slots_kv)
+    return tuple(jnp.zeros(shape(size), config.dtype) for size in sizes)
 
   if config.scan_layers:
-    return {name: layer() for name in ("k", "v")}
-  return {name: tuple(layer() for _ in range(config.num_layers)) for name in ("k", "v")}
+    return {name: layer(name) for name in SLOT_AXIS}
+  return {name: tuple(layer(name) for _ in range(config.num_layers)) for name in SLOT_AXIS}
 
 
 def _stacked(cache: dict) -> bool:
@@ -83,24 +95,25 @@ def _stacked(cache: dict) -> bool:
 
 
 def _layer_blocks(cache: dict) -> tuple:
-  """The first layer's blocks (every block of a stacked cache)."""
-  return cache["k"] if _stacked(cache) else cache["k"][0]
+  """The first layer's value blocks (every value block of a stacked cache)."""
+  return cache["v"] if _stacked(cache) else cache["v"][0]
 
 
 def _map_layers(fn, cache: dict) -> dict:
-  """The cache with each layer's blocks replaced by fn(blocks); fn sees one
-  layer's blocks float[batch, heads, size, kv] in either layout (vmapped over
-  the layers of a stacked cache)."""
+  """The cache with each layer's blocks replaced by fn(name, blocks); fn sees
+  one layer's key ('k') or value ('v') blocks without a layers axis (vmapped
+  over the layers of a stacked cache)."""
   if _stacked(cache):
-    return {name: jax.vmap(fn)(blocks) for name, blocks in cache.items()}
-  return {name: tuple(fn(blocks) for blocks in layers) for name, layers in cache.items()}
+    return {name: jax.vmap(functools.partial(fn, name))(blocks) for name, blocks in cache.items()}
+  return {name: tuple(fn(name, blocks) for blocks in layers) for name, layers in cache.items()}
 
 
-def block_starts(blocks: tuple) -> list[int]:
-  """The first slot of each block, and the number of slots last."""
+def block_starts(blocks: tuple, axis: int = SLOT_AXIS["v"]) -> list[int]:
+  """The first slot of each block, and the number of slots last; `axis` is the
+  blocks' slots axis (value blocks' by default)."""
   starts = [0]
   for block in blocks:
-    starts.append(starts[-1] + block.shape[-2])
+    starts.append(starts[-1] + block.shape[axis])
   return starts
 
 
@@ -122,18 +135,21 @@ def blocks_seen(mask: jax.Array, cache: dict) -> jax.Array | None:
   return jnp.stack([jnp.any(mask[..., lo:hi]) for lo, hi in zip(starts, starts[1:])])
 
 
-def _put(block: jax.Array, rows_new: jax.Array, local: jax.Array,
+def _put(name: str, block: jax.Array, rows_new: jax.Array, local: jax.Array,
          layer: jax.Array | None) -> jax.Array:
-  """block[(layer,) b, :, local[b, i]] = rows_new[b, i] for the local slots
-  inside the block, in place; block: [(layers,) batch, heads, size, kv],
-  rows_new: [batch, n, heads, kv], local: int32[batch, n]. A scatter per
-  row (vmap): with the rows sharded over devices, each writes its own."""
-  size = block.shape[-2]
+  """Writes rows_new[b, i] at slot local[b, i] of row b of the block, for the
+  local slots inside it, in place; block: a key or value block (`name`) with
+  a leading [layers] axis when `layer` is given, rows_new: [batch, n, heads,
+  kv], local: int32[batch, n]. A scatter per row (vmap): with the rows
+  sharded over devices, each writes its own."""
+  size = block.shape[SLOT_AXIS[name]]
   local = jnp.where((local >= 0) & (local < size), local, size)  # size: dropped
+  inner = (slice(None),) * (2 if name == "k" else 1)  # Heads (and kv) before the slots.
 
-  def put_row(row, new, slots):  # row: [(layers,) heads, size, kv]; new: [n, heads, kv]
-    index = (slice(None), slots) if layer is None else (layer, slice(None), slots)
-    new = new.transpose(1, 0, 2) if layer is None else new  # Where indexing puts n.
+  def put_row(row, new, slots):  # row: [(layers,) heads, slots and kv]; new: [n, heads, kv]
+    index = (*inner, slots) if layer is None else (layer, *inner, slots)
+    if layer is None:  # Where indexing puts n: last for keys, after heads for values.
+      new = new.transpose(1, 2, 0) if name == "k" else new.transpose(1, 0, 2)
     return row.at[index].set(new.astype(row.dtype), mode="drop")
 
   axis = 0 if layer is None else 1
@@ -148,23 +164,32 @@ def _row_slots(slot: jax.Array, n: int, batch: int, length: int) -> jax.Array:
   return jnp.broadcast_to(slot, (batch,))[:, None] + jnp.arange(n, dtype=jnp.int32)
 
 
-def write(blocks: tuple, new: jax.Array, slot: jax.Array,
-          layer: jax.Array | None = None) -> tuple:
-  """`blocks` (one layer's, or with `layer` that layer of stacked blocks)
-  with new float[batch, q_len, heads, kv] written at slots slot .. slot +
-  q_len - 1, in place.
+def _write(name: str, blocks: tuple, new: jax.Array, slot: jax.Array,
+           layer: jax.Array | None = None) -> tuple:
+  """Key or value `blocks` (`name`) with new float[batch, q_len, heads, kv]
+  written at slots slot .. slot + q_len - 1, as `write` does."""
+  starts = block_starts(blocks, SLOT_AXIS[name])
+  slots = _row_slots(slot, new.shape[1], new.shape[0], starts[-1])
+  return tuple(_put(name, block, new, slots - start, layer)
+               for block, start in zip(blocks, starts))
+
+
+def write(keys: tuple, values: tuple, k: jax.Array, v: jax.Array, slot: jax.Array,
+          layer: jax.Array | None = None) -> tuple[tuple, tuple]:
+  """(keys, values), one layer's blocks (or with `layer` that layer of stacked
+  blocks), with k and v float[batch, q_len, heads, kv] written at slots slot
+  .. slot + q_len - 1, in place.
 
   slot: int32[] (the same slots in every row) or int32[batch] (each row its
   own, e.g. after speculative rounds that accepted different numbers of
   tokens); clamped to [0, cache_len - q_len].
   """
-  starts = block_starts(blocks)
-  slots = _row_slots(slot, new.shape[1], new.shape[0], starts[-1])
-  return tuple(_put(block, new, slots - start, layer) for block, start in zip(blocks, starts))
+  return _write("k", keys, k, slot, layer), _write("v", values, v, slot, layer)
 
 
 def read(block: jax.Array, layer: jax.Array | None = None) -> jax.Array:
-  """float[batch, heads, size, kv]: one block of this layer (`layer` of a stacked block)."""
+  """One block of this layer (`layer` of a stacked block): keys float[batch,
+  heads, kv, size] or values float[batch, heads, size, kv]."""
   if layer is None:
     return block
   return jax.lax.dynamic_index_in_dim(block, layer, keepdims=False)
@@ -201,23 +226,27 @@ def move_slots(cache: dict, src: jax.Array, dst: jax.Array) -> dict:
     dst: int32[] first destination slot, or int32[batch] one per row; clamped
       to [0, cache_len - n] as `write` clamps.
   """
-  def move(blocks):
-    starts = block_starts(blocks)
+  def move(name, blocks):
+    axis = SLOT_AXIS[name]
+    starts = block_starts(blocks, axis)
     picked = 0
     for block, start in zip(blocks, starts):
       local = src - start
-      inside = (local >= 0) & (local < block.shape[-2])
-      got = jax.vmap(lambda row, slots: row[:, slots])(  # Per row: [heads, n, kv].
-          block, jnp.clip(local, 0, block.shape[-2] - 1))
-      picked = jnp.where(inside[:, :, None, None], got.transpose(0, 2, 1, 3), picked)
-    return write(blocks, picked, dst)
+      inside = (local >= 0) & (local < block.shape[axis])
+      got = jax.vmap(lambda row, slots: jnp.take(row, slots, axis=axis))(
+          block, jnp.clip(local, 0, block.shape[axis] - 1))
+      got = jnp.moveaxis(got, axis, 1)  # [batch, n, heads, kv]
+      picked = jnp.where(inside[:, :, None, None], got, picked)
+    return _write(name, blocks, picked, dst)
 
   return _map_layers(move, cache)
 
 
 def extend(cache: dict, extra: int) -> dict:
   """The cache with `extra` more zero slots at its end (in its last block)."""
-  def pad(blocks):
-    return (*blocks[:-1], jnp.pad(blocks[-1], ((0, 0), (0, 0), (0, extra), (0, 0))))
+  def pad(name, blocks):
+    widths = [(0, 0)] * blocks[-1].ndim
+    widths[SLOT_AXIS[name]] = (0, extra)
+    return (*blocks[:-1], jnp.pad(blocks[-1], widths))
 
   return _map_layers(pad, cache)
