@@ -53,16 +53,18 @@ def test_blocks_hold_consecutive_slots_the_last_one_shorter_or_extended():
 @pytest.mark.parametrize("batch,d_model,dtype", [(32, 512, "float32"), (1, 512, "float32"),
                                                   (3, 256, "bfloat16"), (4096, 512, "float32")])
 def test_automatic_block_len_is_the_smallest_power_of_two_of_enough_bytes(batch, d_model, dtype):
-  """kv_block_len 0: a block of one layer's keys holds >= AUTO_BLOCK_BYTES, half
-  of it would not, and a cache shorter than that is one block."""
+  """kv_block_len 0: a block has >= AUTO_BLOCK_SLOTS slots and one layer's keys
+  in it hold >= AUTO_BLOCK_BYTES; half of it would break one of the two; a
+  cache shorter than that is one block."""
   model = TransformerConfig(vocab_size=32, d_model=d_model, num_heads=8, max_seq_len=8192,
                             dtype=dtype, kv_block_len=0)
   slot_bytes = batch * d_model * np.dtype(jnp.dtype(dtype)).itemsize
   n = kv_cache.block_len(model, batch, 8192)
-  assert n & (n - 1) == 0 and n * slot_bytes >= kv_cache.AUTO_BLOCK_BYTES
-  assert n == 1 or n // 2 * slot_bytes < kv_cache.AUTO_BLOCK_BYTES
-  short = kv_cache.init_cache(model, batch, n - 1) if n > 1 else None
-  assert short is None or [b.shape[2] for b in short["v"][0]] == [n - 1]
+  assert n & (n - 1) == 0 and n >= kv_cache.AUTO_BLOCK_SLOTS
+  assert n * slot_bytes >= kv_cache.AUTO_BLOCK_BYTES
+  assert n // 2 < kv_cache.AUTO_BLOCK_SLOTS or n // 2 * slot_bytes < kv_cache.AUTO_BLOCK_BYTES
+  short = kv_cache.init_cache(model, batch, n - 1)
+  assert [b.shape[2] for b in short["v"][0]] == [n - 1]
   assert kv_cache.block_len(dataclasses.replace(model, kv_block_len=5), batch, 8192) == 5
 
 

@@ -31,11 +31,15 @@ if TYPE_CHECKING:
   from tokjax.models.transformer import TransformerConfig
 
 
-# With kv_block_len 0, a block holds at least this many bytes of one layer's
-# keys: at 4 MiB the per-block cost of decode attention (a conditional and small
-# matmuls) stays small against the block's read. Batch 32 of 8 heads x 64 then
-# gets blocks of 64 slots; batch 1 one block for a cache of up to 2,048 slots.
-AUTO_BLOCK_BYTES = 4 * 2**20
+# With kv_block_len 0, a block has at least AUTO_BLOCK_SLOTS slots and holds at
+# least AUTO_BLOCK_BYTES of one layer's keys. The bytes keep the per-block cost
+# of decode attention (a conditional and two small matmuls) small against the
+# block's read: batch 1 gets blocks of 256 slots at d_model 512 and of 512 at
+# 256. With more rows blocks stay at 64 slots, which YNNPACK multiplies
+# fastest: blocks of 128 or 256 made the batch-32 and batch-8 decode steps
+# slower by up to a third (docs/decoding.md, "Keys transposed").
+AUTO_BLOCK_BYTES = 2**19
+AUTO_BLOCK_SLOTS = 64
 
 # The slots axis of a key and of a value block. Keys are stored transposed,
 # so that the scores q k^T multiply [kv, slots] blocks: XLA:CPU's YNNPACK
@@ -46,12 +50,13 @@ SLOT_AXIS = {"k": -1, "v": -2}
 
 def block_len(config: TransformerConfig, batch_size: int, max_len: int) -> int:
   """Slots per block: config.kv_block_len, or with 0 the smallest power of two
-  whose block of one layer's values, float[batch_size, heads, block_len, kv],
-  holds at least AUTO_BLOCK_BYTES; at most max_len."""
+  of at least AUTO_BLOCK_SLOTS whose block of one layer's values,
+  float[batch_size, heads, block_len, kv], holds at least AUTO_BLOCK_BYTES;
+  at most max_len."""
   if config.kv_block_len:
     return config.kv_block_len
   slot_bytes = batch_size * config.d_model * jnp.dtype(config.dtype).itemsize
-  slots = -(-AUTO_BLOCK_BYTES // slot_bytes)  # Rounded up.
+  slots = max(AUTO_BLOCK_SLOTS, -(-AUTO_BLOCK_BYTES // slot_bytes))  # Rounded up.
   return min(max_len, 1 << (slots - 1).bit_length())
 
 
