@@ -59,7 +59,8 @@ class TransformerConfig:
       'dots_with_no_batch_dims_saveable' (`jax.checkpoint_policies`).
     kv_block_len: slots per KV-cache block (`kv_cache`); decoding reads only
       the blocks that hold visible slots. 0: chosen per cache from its batch
-      size, blocks of at least `kv_cache.AUTO_BLOCK_BYTES` (`kv_cache.block_len`).
+      size: at least `kv_cache.AUTO_BLOCK_SLOTS` slots and
+      `kv_cache.AUTO_BLOCK_BYTES` of a layer's keys (`kv_cache.block_len`).
 
   Raises:
     ValueError: on an inconsistent setting, naming the fix.
