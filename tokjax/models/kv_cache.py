@@ -147,15 +147,17 @@ def _put(name: str, block: jax.Array, rows_new: jax.Array, local: jax.Array,
   a leading [layers] axis when `layer` is given, rows_new: [batch, n, heads,
   kv], local: int32[batch, n]. A scatter per row (vmap): with the rows
   sharded over devices, each writes its own."""
-  size = block.shape[SLOT_AXIS[name]]
+  slot_axis = SLOT_AXIS[name]
+  size = block.shape[slot_axis]
   local = jnp.where((local >= 0) & (local < size), local, size)  # size: dropped
-  inner = (slice(None),) * (2 if name == "k" else 1)  # Heads (and kv) before the slots.
 
   def put_row(row, new, slots):  # row: [(layers,) heads, slots and kv]; new: [n, heads, kv]
-    index = (*inner, slots) if layer is None else (layer, *inner, slots)
-    if layer is None:  # Where indexing puts n: last for keys, after heads for values.
-      new = new.transpose(1, 2, 0) if name == "k" else new.transpose(1, 0, 2)
-    return row.at[index].set(new.astype(row.dtype), mode="drop")
+    index = [slice(None)] * (row.ndim + slot_axis) + [slots]
+    if layer is None:  # Indexing puts n where the slots are.
+      new = jnp.moveaxis(new, 0, slot_axis)
+    else:  # With the layer index apart from the slots, indexing puts n first.
+      index[0] = layer
+    return row.at[tuple(index)].set(new.astype(row.dtype), mode="drop")
 
   axis = 0 if layer is None else 1
   return jax.vmap(put_row, in_axes=(axis, 0, 0), out_axes=axis)(block, rows_new, local)
